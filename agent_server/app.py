@@ -1,0 +1,123 @@
+"""The ASGI application, assembled in one place: routes, middleware, error handlers and lifespan.
+
+``uvicorn agent_server.app:app`` works too: the lifespan refuses to start, in one line, when the schema
+is not at head or the host is unsafe.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
+
+from . import errors
+from .config import Settings, get_settings
+from .http import agent, conversations, health, ws
+from .http.middleware import RequestContext
+from .logs import configure_logging
+from .runtime import Runtime, StartupError
+
+log = logging.getLogger("agent_server")
+
+
+async def agent_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, errors.AgentError)
+    return JSONResponse(exc.envelope(), status_code=exc.status, headers=exc.headers())
+
+
+async def http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    kind = {404: errors.NotFound, 405: errors.ValidationFailed}.get(exc.status_code, errors.AgentError)
+    message = "No such route." if exc.status_code == 404 else str(exc.detail)
+    error = kind(message)
+    return JSONResponse(error.envelope(), status_code=exc.status_code, headers=exc.headers)
+
+
+async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    request_id = request.scope.get("agent", {}).get("request_id", "unknown")
+    log.exception("unhandled error (request id %s)", request_id)
+    error = errors.InternalError(request_id)
+    return JSONResponse(error.envelope(), status_code=500)
+
+
+ROUTES = [
+    Route("/agent", agent.post_agent, methods=["POST"]),
+    Route("/agent/stream", agent.post_agent_stream, methods=["POST"]),
+    WebSocketRoute("/agent/ws", ws.agent_ws),
+    Route("/conversations", conversations.list_conversations, methods=["GET"]),
+    Route("/conversations/{id}", conversations.get_conversation, methods=["GET"]),
+    Route("/healthz", health.healthz, methods=["GET"]),
+    Route("/readyz", health.readyz, methods=["GET"]),
+]
+
+
+def build_starlette(settings: Settings) -> Starlette:
+    return Starlette(
+        routes=ROUTES,
+        middleware=[Middleware(RequestContext)],
+        exception_handlers={
+            errors.AgentError: agent_error,
+            HTTPException: http_error,
+            Exception: unexpected_error,
+        },
+    )
+
+
+class AgentServerApp:
+    """Starlette behind our own lifespan handling, so a refusal to start is one clean line, not a traceback."""
+
+    def __init__(self, settings: Settings | None = None):
+        self._settings = settings
+        self._starlette: Starlette | None = None
+        self.runtime: Runtime | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = get_settings()
+        return self._settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
+        if self.runtime is None:
+            raise RuntimeError("the application was not started (lifespan did not run)")
+        scope.setdefault("state", {})["runtime"] = self.runtime
+        assert self._starlette is not None
+        await self._starlette(scope, receive, send)
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = await receive()
+        assert message["type"] == "lifespan.startup"
+        try:
+            settings = self.settings
+            configure_logging(settings)
+            problems = settings.startup_problems(settings.bind_host)
+            if problems:
+                raise StartupError(problems[0])
+            self.runtime = await Runtime.start(settings)
+            self._starlette = build_starlette(settings)
+            if "state" in scope:
+                scope["state"]["runtime"] = self.runtime
+        except (StartupError, ValueError) as exc:
+            log.error("not starting: %s", exc)
+            await send({"type": "lifespan.startup.failed", "message": f"not starting: {exc}"})
+            return
+        await send({"type": "lifespan.startup.complete"})
+        message = await receive()
+        assert message["type"] == "lifespan.shutdown"
+        try:
+            await self.runtime.drain()
+            await self.runtime.close()
+        finally:
+            await send({"type": "lifespan.shutdown.complete"})
+
+
+app = AgentServerApp()

@@ -1,0 +1,236 @@
+"""The only module that talks to the anthropic SDK: one client per process, errors mapped to ours.
+
+Failures are mapped by what they are, not by exception class: an ``event: error`` inside a 200 stream
+arrives as a bare ``APIStatusError`` with ``status_code == 200`` and the real kind in ``.type``; a
+connection dropped mid-stream is an ``httpx2`` transport error, not an anthropic one.
+
+The SDK retries 408/409/429/5xx and connection errors before a response starts, honouring any
+``retry-after`` with no cap, so the whole call (its retries included) is bounded by our own deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import anthropic
+import httpx2
+
+from . import errors
+from .fake_upstream.stub_transport import OfflineStubTransport
+from .pricing import Usage
+
+log = logging.getLogger(__name__)
+
+# Transient overloads inside a 200 stream, before any text reached the client, are retried by us.
+MIDSTREAM_RETRY_DELAYS = (0.5, 1.0, 2.0)
+_current_call: contextvars.ContextVar[CallStats | None] = contextvars.ContextVar("claude_call", default=None)
+
+
+@dataclass
+class UpstreamRequest:
+    model: str
+    max_tokens: int
+    messages: list[dict]
+    system: str | None = None
+
+
+@dataclass
+class CallStats:
+    """What one reply cost and how it went: filled in while the call runs, read whatever its outcome."""
+
+    started: float = field(default_factory=time.perf_counter)
+    attempts: int = 0
+    request_id: str | None = None
+    model: str | None = None
+    stop_reason: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    ttft_ms: int | None = None
+    finished: float | None = None
+    retry_after: int | None = None
+
+    @property
+    def latency_ms(self) -> int:
+        end = self.finished if self.finished is not None else time.perf_counter()
+        return round((end - self.started) * 1000)
+
+
+def usage_from_sdk(usage: object | None) -> Usage:
+    if usage is None:
+        return Usage()
+    breakdown = getattr(usage, "cache_creation", None)
+    return Usage(
+        input_tokens=getattr(usage, "input_tokens", 0) or 0,
+        output_tokens=getattr(usage, "output_tokens", 0) or 0,
+        cache_creation_input_tokens=getattr(usage, "cache_creation_input_tokens", 0) or 0,
+        cache_read_input_tokens=getattr(usage, "cache_read_input_tokens", 0) or 0,
+        cache_write_5m_tokens=getattr(breakdown, "ephemeral_5m_input_tokens", None) if breakdown else None,
+        cache_write_1h_tokens=getattr(breakdown, "ephemeral_1h_input_tokens", None) if breakdown else None,
+    )
+
+
+def _retry_after(exc: anthropic.APIStatusError) -> int:
+    try:
+        value = float(exc.response.headers.get("retry-after", ""))
+    except ValueError:
+        return 1
+    return max(1, round(value))
+
+
+def map_error(exc: BaseException) -> errors.AgentError:
+    """Our error for any failure of an upstream call."""
+    if isinstance(exc, errors.AgentError):
+        return exc
+    if isinstance(exc, anthropic.APIStatusError):
+        kind, status = exc.type, exc.status_code
+        if kind in ("overloaded_error", "rate_limit_error") or status in (429, 529):
+            return errors.UpstreamOverloaded(
+                "The model is overloaded or rate-limited upstream; try again shortly.", retry_after=_retry_after(exc)
+            )
+        if kind in ("invalid_request_error", "request_too_large") or status in (400, 413, 422):
+            detail = (exc.api_message or "").strip()[:300]
+            return errors.UpstreamInvalidRequest(f"The model rejected the request: {detail or 'invalid request'}")
+        if kind == "timeout_error" or status in (408, 504):
+            return errors.UpstreamTimeout("The model did not answer in time.")
+        if kind in ("authentication_error", "permission_error") or status in (401, 403):
+            log.error("upstream refused the server's credentials (%s)", kind or status)
+            return errors.UpstreamFailed("The server could not authenticate with the model provider.")
+        return errors.UpstreamFailed(f"The model provider failed ({kind or status}).")
+    if isinstance(exc, (anthropic.APITimeoutError, httpx2.TimeoutException, TimeoutError)):
+        return errors.UpstreamTimeout("The model did not answer in time.")
+    if isinstance(exc, (anthropic.APIConnectionError, httpx2.TransportError)):
+        return errors.UpstreamFailed("The connection to the model provider failed.")
+    if isinstance(exc, anthropic.APIResponseValidationError):
+        return errors.UpstreamFailed("The model provider sent a response that could not be read.")
+    raise exc
+
+
+async def _count_attempt(_request: httpx2.Request) -> None:
+    stats = _current_call.get()
+    if stats is not None:
+        stats.attempts += 1
+
+
+class Claude:
+    """The process's one ``AsyncAnthropic`` client, or the offline stub behind the same SDK."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None,
+        base_url: str | None,
+        max_retries: int,
+        timeout_seconds: float,
+        stub_token_delay: float = 0.02,
+    ):
+        self.offline_stub = api_key is None
+        self.deadline_seconds = timeout_seconds
+        transport = OfflineStubTransport(token_delay=stub_token_delay) if self.offline_stub else None
+        http_client = anthropic.DefaultAsyncHttpxClient(
+            transport=transport,
+            timeout=httpx2.Timeout(timeout_seconds, connect=5.0),
+            event_hooks={"request": [_count_attempt]},
+        )
+        self._client = anthropic.AsyncAnthropic(
+            api_key=api_key or "offline-stub",
+            base_url=None if self.offline_stub else base_url,
+            max_retries=max_retries,
+            http_client=http_client,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    def _arguments(self, request: UpstreamRequest) -> dict:
+        args: dict = {"model": request.model, "max_tokens": request.max_tokens, "messages": request.messages}
+        if request.system:
+            args["system"] = request.system
+        return args
+
+    async def complete(self, request: UpstreamRequest, stats: CallStats) -> str:
+        """The whole reply at once (POST /agent)."""
+        token = _current_call.set(stats)
+        try:
+            async with asyncio.timeout(self.deadline_seconds):
+                message = await self._client.messages.create(**self._arguments(request))
+        except BaseException as exc:
+            stats.finished = time.perf_counter()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            _record_failure(stats, exc)
+            raise map_error(exc) from exc
+        finally:
+            _current_call.reset(token)
+        stats.finished = time.perf_counter()
+        stats.request_id = message._request_id
+        stats.model = message.model
+        stats.stop_reason = message.stop_reason
+        stats.usage = usage_from_sdk(message.usage)
+        return "".join(block.text for block in message.content if block.type == "text")
+
+    async def stream(self, request: UpstreamRequest, stats: CallStats) -> AsyncIterator[str]:
+        """Text deltas as the model writes them; ``stats`` holds the usage when it ends or is cancelled.
+
+        Closing this generator early (the client left) closes the upstream response, which stops the
+        generation upstream.
+        """
+        deadline = asyncio.get_running_loop().time() + self.deadline_seconds
+        sent_text = False
+        for retry_delay in (*MIDSTREAM_RETRY_DELAYS, None):
+            try:
+                async for text in self._stream_once(request, stats, deadline):
+                    sent_text = True
+                    yield text
+                return
+            except anthropic.APIStatusError as exc:
+                retryable = exc.status_code == 200 and exc.type == "overloaded_error"
+                if sent_text or not retryable or retry_delay is None:
+                    _record_failure(stats, exc)
+                    raise map_error(exc) from exc
+                log.info("upstream overloaded before the first token; retrying in %.1fs", retry_delay)
+                await asyncio.sleep(min(retry_delay, max(deadline - asyncio.get_running_loop().time(), 0)))
+            except (anthropic.APIError, httpx2.TransportError, TimeoutError) as exc:
+                _record_failure(stats, exc)
+                raise map_error(exc) from exc
+            finally:
+                stats.finished = time.perf_counter()
+
+    async def _stream_once(self, request: UpstreamRequest, stats: CallStats, deadline: float) -> AsyncIterator[str]:
+        token = _current_call.set(stats)
+        try:
+            async with asyncio.timeout_at(deadline):
+                manager = self._client.messages.stream(**self._arguments(request))
+                stream = await manager.__aenter__()
+        finally:
+            _current_call.reset(token)
+        stats.request_id = stream.request_id
+        try:
+            texts = stream.text_stream.__aiter__()
+            while True:
+                async with asyncio.timeout_at(deadline):
+                    try:
+                        text = await texts.__anext__()
+                    except StopAsyncIteration:
+                        break
+                if stats.ttft_ms is None:
+                    stats.ttft_ms = round((time.perf_counter() - stats.started) * 1000)
+                yield text
+            final = await stream.get_final_message()
+            stats.model = final.model
+            stats.stop_reason = final.stop_reason
+            stats.usage = usage_from_sdk(final.usage)
+        finally:
+            # Cancelled or failed: keep the usage known so far (input tokens from message_start).
+            snapshot = stream._current_snapshot_or_none()
+            if stats.stop_reason is None and snapshot is not None:
+                stats.usage = usage_from_sdk(snapshot.usage)
+            await manager.__aexit__(None, None, None)
+
+
+def _record_failure(stats: CallStats, exc: BaseException) -> None:
+    if isinstance(exc, anthropic.APIStatusError):
+        stats.request_id = exc.request_id or stats.request_id

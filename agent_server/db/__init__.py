@@ -1,0 +1,1 @@
+"""Persistence: typed models, the SQLite engine pair and the repository functions."""

@@ -1,0 +1,145 @@
+"""The ASGI responses for replies that take time: streamed SSE, and requests left hanging.
+
+They are raw ASGI callables rather than Starlette's `StreamingResponse` because the fake must
+know *how* a stream ended: it races the producer against the `http.disconnect` message, so a
+client that leaves mid-stream is seen at once, even while the producer is sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.types import Receive, Scope, Send
+
+from . import wire
+from .records import Recorder, StreamRecord
+from .script import Behaviour
+
+
+class DroppedConnection(Exception):
+    """Raised out of the app on purpose: the ASGI server then cuts the socket mid chunked body."""
+
+
+class QuietDrops(logging.Filter):
+    """Keeps the server's "Exception in ASGI application" log quiet for deliberate drops."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], DroppedConnection))
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Everything decided about one successful reply before a byte is sent."""
+
+    request_id: str
+    message_id: str
+    model: str
+    tokens: list[str]
+    usage: dict[str, Any]
+    stop_reason: str
+    ttft: float
+    token_delay: float
+    behaviour: Behaviour
+
+    def message(self) -> dict[str, Any]:
+        return wire.build_message(
+            message_id=self.message_id,
+            model=self.model,
+            tokens=self.tokens,
+            usage=self.usage,
+            stop_reason=self.stop_reason,
+        )
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class StreamedReply:
+    """A `text/event-stream` reply, one event per body message so nothing is buffered."""
+
+    def __init__(self, reply: Reply, recorder: Recorder, headers: dict[str, str]) -> None:
+        self.reply = reply
+        self.recorder = recorder
+        self.headers = {**headers, "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        record = self.recorder.open_stream(self.reply.request_id)
+        raw_headers = [(key.encode(), value.encode()) for key, value in self.headers.items()]
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
+            sender = asyncio.create_task(self._send_events(send, record))
+            listener = asyncio.create_task(_wait_for_disconnect(receive))
+            try:
+                await asyncio.wait({sender, listener}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (sender, listener):
+                    task.cancel()
+                await asyncio.wait({sender, listener})
+        except OSError:
+            return  # the client went away before the headers went out
+        finally:
+            # Whatever has not settled by now ended because the client left (or we were cancelled).
+            self.recorder.finish_stream(record, "disconnected")
+        error = None if sender.cancelled() else sender.exception()
+        if error is not None and not isinstance(error, OSError):
+            raise error  # DroppedConnection on purpose, anything else is a bug worth seeing
+
+    async def _send_events(self, send: Send, record: StreamRecord) -> None:
+        reply = self.reply
+
+        async def emit(chunk: bytes) -> None:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+        for chunk in wire.stream_head(message_id=reply.message_id, model=reply.model, usage=reply.usage):
+            await emit(chunk)
+        for index, token in enumerate(reply.tokens):
+            if await self._fault(index, emit, send, record):
+                return
+            await asyncio.sleep(reply.ttft if index == 0 else reply.token_delay)
+            await emit(wire.text_delta(token))
+            record.tokens_sent += 1
+        if await self._fault(len(reply.tokens), emit, send, record):
+            return
+        for chunk in wire.stream_tail(usage=reply.usage, stop_reason=reply.stop_reason):
+            await emit(chunk)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        self.recorder.finish_stream(record, "completed")
+
+    async def _fault(
+        self, index: int, emit: Callable[[bytes], Awaitable[None]], send: Send, record: StreamRecord
+    ) -> bool:
+        """Inject the scripted mid-stream fault due after `index` deltas; True ends the stream."""
+        behaviour, last = self.reply.behaviour, len(self.reply.tokens)
+        if behaviour.error_after_tokens is not None and min(behaviour.error_after_tokens, last) == index:
+            await emit(wire.error_event(behaviour.error_type or "overloaded_error", behaviour.error_message))
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            self.recorder.finish_stream(record, "error")
+            return True
+        if behaviour.drop_after_tokens is not None and min(behaviour.drop_after_tokens, last) == index:
+            self.recorder.finish_stream(record, "dropped")
+            raise DroppedConnection(self.reply.request_id)
+        return False
+
+
+class HangingReply:
+    """Accepts the request and answers nothing until the client goes away."""
+
+    def __init__(self, reply: Reply, recorder: Recorder, *, stream: bool) -> None:
+        self.reply = reply
+        self.recorder = recorder
+        self.stream = stream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # A streamed hang gets a lifecycle record, so a test can wait for the client to give up.
+        record = self.recorder.open_stream(self.reply.request_id) if self.stream else None
+        try:
+            await _wait_for_disconnect(receive)
+        finally:
+            if record is not None:
+                self.recorder.finish_stream(record, "disconnected")

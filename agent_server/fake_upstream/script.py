@@ -1,0 +1,81 @@
+"""What the fake upstream is told to do, one behaviour per HTTP attempt.
+
+A test appends behaviours; each `POST /v1/messages` attempt that passes auth and validation
+takes the next one (a behaviour with `times=n` serves n attempts in a row). An empty script
+means a normal reply, so the fake works unscripted.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Behaviour(BaseModel):
+    """One scripted upstream behaviour; every field is optional and unset means "normal".
+
+    Precedence: `status` answers at once; else `hang`; else a reply whose text is `tokens`,
+    else `text`, else `n_tokens` generated tokens, else the fake's default (an echo). A fault
+    index past the last token fires after the last token.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    times: int = Field(default=1, ge=1, description="How many consecutive attempts this serves.")
+    # Answer with an error status and the matching Anthropic error body.
+    status: int | None = Field(default=None, ge=400, le=599)
+    retry_after: str | None = None
+    # Sent as `x-should-retry` only when given, since it overrides the SDK's own retry policy.
+    should_retry: bool | None = None
+    # The reply: exact text (one token), exact tokens, or n generated tokens.
+    text: str | None = None
+    tokens: list[str] | None = None
+    n_tokens: int | None = Field(default=None, ge=0)
+    # Timing in seconds: message_start goes out at once, the first delta after `ttft`.
+    ttft: float | None = Field(default=None, ge=0)
+    token_delay: float | None = Field(default=None, ge=0)
+    # Faults after k text deltas: an `event: error`, or a connection cut mid chunked body.
+    error_after_tokens: int | None = Field(default=None, ge=0)
+    error_type: str | None = None
+    error_message: str | None = None
+    drop_after_tokens: int | None = Field(default=None, ge=0)
+    # Accept the request and never answer until the client goes away.
+    hang: bool = False
+    usage: dict[str, Any] | None = None
+    stop_reason: str = "end_turn"
+    model: str | None = None
+
+
+class Script:
+    """A FIFO of behaviours, safe to feed from one thread while another consumes it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: deque[list[Any]] = deque()  # [behaviour, attempts left]
+
+    def extend(self, behaviours: list[Behaviour]) -> None:
+        with self._lock:
+            self._queue.extend([behaviour, behaviour.times] for behaviour in behaviours)
+
+    def next(self) -> Behaviour:
+        """The behaviour for the next attempt, or the default one when the script is empty."""
+        with self._lock:
+            if not self._queue:
+                return Behaviour()
+            entry = self._queue[0]
+            entry[1] -= 1
+            if entry[1] == 0:
+                self._queue.popleft()
+            return entry[0]
+
+    def pending(self) -> int:
+        """Attempts still scripted."""
+        with self._lock:
+            return sum(left for _, left in self._queue)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._queue.clear()

@@ -1,0 +1,55 @@
+"""POST /agent (whole reply) and POST /agent/stream (Server-Sent Events)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from .. import errors
+from ..service import ReplyParams
+from .body import read_model
+from .context import caller, runtime_of
+from .schemas import AgentRequest
+from .serialize import agent_response, done_payload
+from .sse import Emit, EventStream
+
+
+async def _open(request: Request, route: str):
+    owner = caller(request)
+    runtime = runtime_of(request)
+    body = await read_model(
+        request, AgentRequest, max_bytes=runtime.settings.max_body_bytes, limits=runtime.limits
+    )
+    params = ReplyParams(
+        message=body.message, conversation_id=body.conversation_id, system=body.system,
+        model=body.model, max_tokens=body.max_tokens,
+    )
+    reply = await runtime.service.open_reply(owner=owner, params=params, route=route)
+    request.scope.setdefault("agent", {})["conversation_id"] = reply.conversation_id
+    return runtime, reply
+
+
+async def post_agent(request: Request) -> JSONResponse:
+    _, reply = await _open(request, "agent")
+    outcome = await reply.complete()
+    return JSONResponse(agent_response(outcome))
+
+
+async def post_agent_stream(request: Request) -> EventStream:
+    # Auth, validation, 404 and 409 fail here, before the stream starts: they are plain HTTP errors.
+    runtime, reply = await _open(request, "stream")
+
+    async def produce(emit: Emit) -> None:
+        await emit("start", {"conversation_id": reply.conversation_id, "model": reply.model})
+
+        async def token(text: str) -> None:
+            await emit("token", {"text": text})
+
+        try:
+            outcome = await reply.run(token)
+        except errors.AgentError as exc:
+            await emit("error", exc.envelope())
+            return
+        await emit("done", done_payload(outcome))
+
+    return EventStream(produce, ping_seconds=runtime.settings.sse_ping_seconds)

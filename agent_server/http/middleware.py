@@ -1,0 +1,67 @@
+"""Cross-cutting ASGI middleware: request ids and the access log line."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger("agent_server.access")
+
+
+def new_request_id() -> str:
+    return "rq_" + secrets.token_hex(8)
+
+
+class RequestContext:
+    """Gives every HTTP request and WebSocket an id (``X-Request-ID``) and writes one log line for it.
+
+    The line carries method, path (never the query string: it may hold a ``?token=``), status, latency,
+    owner and conversation id when known; no bodies, no headers.
+    """
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        request_id = new_request_id()
+        context = scope.setdefault("agent", {})
+        context["request_id"] = request_id
+        started = time.perf_counter()
+        status: int | None = None
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            elif message["type"] == "websocket.accept":
+                status = 101
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            elif message["type"] == "websocket.close" and status is None:
+                status = 403
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            log.info(
+                "request",
+                extra={
+                    "event": "request",
+                    "request_id": request_id,
+                    "method": scope.get("method", "WS"),
+                    "path": scope.get("path"),
+                    "route": context.get("route"),
+                    "status": status if status is not None else 500,
+                    "latency_ms": round((time.perf_counter() - started) * 1000, 1),
+                    "owner": context.get("owner"),
+                    "conversation_id": context.get("conversation_id"),
+                },
+            )

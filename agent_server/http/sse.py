@@ -1,0 +1,90 @@
+"""A Server-Sent Events response driven by a producer coroutine.
+
+Chosen over sse-starlette: that library patches uvicorn's exit handler at import time and ends every
+stream as soon as shutdown starts, which defeats our grace period (replies in flight may finish, then
+get a final ``shutdown`` event after their partial turn is stored). Starlette's StreamingResponse pulls
+from an iterator, so tokens pushed by the reply would need a queue hop; here the producer writes events
+straight to the connection, a ping task keeps idle streams alive, and a listener cancels the producer
+when the client disconnects (which stops the upstream call).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Awaitable, Callable
+
+from starlette.types import Receive, Scope, Send
+
+Emit = Callable[[str, dict], Awaitable[None]]
+
+HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+    (b"connection", b"keep-alive"),
+]
+
+
+def encode_event(event: str, data: dict) -> bytes:
+    # JSON keeps newlines, \r and "data:" inside strings escaped, so one event is always one data line.
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
+
+
+class EventStream:
+    def __init__(self, producer: Callable[[Emit], Awaitable[None]], *, ping_seconds: float, headers=()):
+        self._producer = producer
+        self._ping_seconds = ping_seconds
+        self._headers = [*HEADERS, *headers]
+        self._last_sent = time.monotonic()
+        self._disconnected = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self._headers})
+        producer_task = asyncio.current_task()
+        assert producer_task is not None
+
+        async def emit(event: str, data: dict) -> None:
+            await self._send_body(send, encode_event(event, data))
+
+        async def listen() -> None:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    self._disconnected = True
+                    producer_task.cancel(msg="client disconnected")
+                    return
+
+        helpers = [asyncio.create_task(listen()), asyncio.create_task(self._ping(send))]
+        try:
+            await self._producer(emit)
+        except asyncio.CancelledError:
+            if not self._disconnected:
+                raise
+            producer_task.uncancel()
+            return
+        except OSError:
+            return  # the client went away while we wrote
+        finally:
+            for task in helpers:
+                task.cancel()
+            for task in helpers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if not self._disconnected:
+            with contextlib.suppress(OSError):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _send_body(self, send: Send, body: bytes) -> None:
+        self._last_sent = time.monotonic()
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+
+    async def _ping(self, send: Send) -> None:
+        while True:
+            idle_for = time.monotonic() - self._last_sent
+            if idle_for < self._ping_seconds:
+                await asyncio.sleep(self._ping_seconds - idle_for)
+                continue
+            await self._send_body(send, b": ping\n\n")

@@ -1,0 +1,71 @@
+"""uvicorn, taught to drain before it shuts down.
+
+Plain uvicorn, on SIGTERM, closes WebSockets at once (code 1012) and only later runs the lifespan
+shutdown. Here the first signal starts our drain while connections stay open: new replies are refused,
+replies in flight get the grace period, the rest are interrupted with a final ``shutdown`` event after
+their partial turns are stored. Then uvicorn shuts down as usual. A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import uvicorn
+from uvicorn.supervisors import multiprocess
+from uvicorn.supervisors.multiprocess import Process
+
+log = logging.getLogger("agent_server")
+
+
+class DrainingServer(uvicorn.Server):
+    _drain_task: asyncio.Task | None = None
+    _drain_requested = False
+
+    def handle_exit(self, sig: int, frame) -> None:  # type: ignore[no-untyped-def]
+        if self._drain_requested:
+            self.force_exit = True
+            self.should_exit = True
+            return
+        self._drain_requested = True
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._drain_requested and not self.should_exit:
+            if self._drain_task is None:
+                self._drain_task = asyncio.create_task(self._drain())
+            if self._drain_task.done():
+                self.should_exit = True
+        return await super().on_tick(counter)
+
+    async def _drain(self) -> None:
+        runtime = self.lifespan.state.get("runtime") if hasattr(self, "lifespan") else None
+        if runtime is None:
+            return
+        try:
+            await runtime.drain()
+        except Exception:
+            log.exception("drain failed")
+
+
+class _DrainingProcess(Process):
+    """A uvicorn worker process whose server is a ``DrainingServer``."""
+
+    @property
+    def server(self) -> uvicorn.Server:
+        if self._server is None:
+            self._server = DrainingServer(config=self.config)
+        return self._server
+
+
+def run(config: uvicorn.Config) -> bool:
+    """Serve ``config`` (one process, or a supervisor and ``config.workers`` processes); True if it started."""
+    if config.workers <= 1:
+        server = DrainingServer(config)
+        server.run()
+        return server.started
+    sock = config.bind_socket()
+    # uvicorn's supervisor builds its workers from this module-level name; the child processes unpickle
+    # our subclass by its qualified name, so each worker runs a DrainingServer.
+    multiprocess.Process = _DrainingProcess
+    multiprocess.Multiprocess(config, sockets=[sock]).run()
+    return True
