@@ -18,7 +18,9 @@ from starlette.types import Receive, Scope, Send
 
 from . import errors
 from .config import Settings, get_settings
-from .http import agent, conversations, health, ws
+from starlette.middleware.cors import CORSMiddleware
+
+from .http import agent, conversations, health, openapi, ws
 from .http.middleware import RequestContext
 from .logs import configure_logging
 from .runtime import Runtime, StartupError
@@ -54,13 +56,30 @@ ROUTES = [
     Route("/conversations/{id}", conversations.get_conversation, methods=["GET"]),
     Route("/healthz", health.healthz, methods=["GET"]),
     Route("/readyz", health.readyz, methods=["GET"]),
+    Route("/metrics", health.metrics, methods=["GET"]),
+    Route("/openapi.json", openapi.openapi, methods=["GET"]),
 ]
+
+
+def middleware(settings: Settings) -> list[Middleware]:
+    stack = [Middleware(RequestContext)]
+    if settings.cors_origins:
+        stack.append(Middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["X-Request-ID", "Retry-After", "RateLimit-Limit", "RateLimit-Remaining",
+                            "RateLimit-Reset"],
+            max_age=600,
+        ))
+    return stack
 
 
 def build_starlette(settings: Settings) -> Starlette:
     return Starlette(
         routes=ROUTES,
-        middleware=[Middleware(RequestContext)],
+        middleware=middleware(settings),
         exception_handlers={
             errors.AgentError: agent_error,
             HTTPException: http_error,

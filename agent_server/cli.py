@@ -69,7 +69,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_chat(args: argparse.Namespace) -> int:
     from .chat import run_chat
 
-    return run_chat(url=args.url, conversation_id=args.conversation, token=args.token)
+    return run_chat(url=args.url, conversation_id=args.conversation, token=args.token, new=args.new)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat = commands.add_parser("chat", help="chat with the server in this terminal over the WebSocket")
     chat.add_argument("--url", default="ws://127.0.0.1:8000/agent/ws")
     chat.add_argument("--conversation", default=None, help="resume this conversation id")
+    chat.add_argument("--new", action="store_true", help="start a new conversation instead of resuming the last")
     chat.add_argument("--token", default=os.environ.get("AGENT_TOKEN"), help="client key (or AGENT_TOKEN)")
     chat.set_defaults(func=cmd_chat)
     return parser

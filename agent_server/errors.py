@@ -32,17 +32,21 @@ class AgentError(Exception):
     status = 500
     type = "api_error"
 
-    def __init__(self, message: str, *, retry_after: int | None = None):
+    def __init__(self, message: str, *, retry_after: int | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+        self.extra_headers = headers or {}
 
     def envelope(self) -> dict[str, Any]:
         error: dict[str, Any] = {"type": self.type, "message": self.message}
         return {"error": error}
 
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
+        headers = dict(self.extra_headers)
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(self.retry_after)
+        return headers
 
 
 class InvalidJSON(AgentError):

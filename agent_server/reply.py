@@ -29,6 +29,7 @@ from .db import repository
 from .db import reply_lock
 from .db.engine import Database
 from .db.models import new_id, utcnow
+from .metrics import Metrics
 from .pricing import PriceTable, Usage, to_nano
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class Reply:
         upstream: UpstreamRequest,
         route: str,
         on_finished: Callable[[Reply], Awaitable[None] | None],
+        metrics: Metrics,
     ):
         self.conversation_id = conversation_id
         self.turn_id = new_id("turn")
@@ -77,6 +79,7 @@ class Reply:
         self._parts: list[str] = []
         self._finished = False
         self._on_finished = on_finished
+        self._metrics = metrics
         self._consumer: asyncio.Task | None = None
         self._interrupted = False
 
@@ -218,6 +221,10 @@ class Reply:
             result = self._on_finished(self)
             if result is not None:
                 await result
+        self._metrics.observe_call(
+            route=self.route, model=model, status=call_status, error_type=error_type, usage=stats.usage,
+            cost=cost, latency_s=stats.latency_ms / 1000, ttft_s=None if stats.ttft_ms is None else stats.ttft_ms / 1000,
+        )
         self.outcome = ReplyOutcome(
             conversation_id=self.conversation_id,
             turn_id=self.turn_id,

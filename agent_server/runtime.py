@@ -13,6 +13,8 @@ from .config import Settings
 from .db.engine import Database
 from .db.migrations import schema_problem
 from .http.schemas import Limits
+from .metrics import Metrics
+from .ratelimit import RateLimiter
 from .pricing import PriceTable
 from .service import ConversationService
 
@@ -31,6 +33,8 @@ class Runtime:
     prices: PriceTable
     service: ConversationService
     limits: Limits
+    metrics: Metrics
+    limiter: RateLimiter
     version: str = __version__
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
@@ -42,7 +46,8 @@ class Runtime:
             raise StartupError(f"cannot read AGENT_PRICES_FILE: {exc}") from None
         if settings.default_model not in prices:
             raise StartupError(f"AGENT_DEFAULT_MODEL {settings.default_model!r} is not in the price table")
-        db = Database(settings.database_url)
+        metrics = Metrics()
+        db = Database(settings.database_url, on_write=metrics.db_write.observe)
         problem = await schema_problem(db)
         if problem is not None:
             await db.dispose()
@@ -57,11 +62,16 @@ class Runtime:
         service = ConversationService(
             db=db, claude=claude, prices=prices, default_model=settings.default_model,
             default_max_tokens=min(settings.max_tokens, settings.max_tokens_limit),
+            max_replies_per_owner=settings.max_concurrent_replies, metrics=metrics,
         )
         limits = Limits(
             models=prices.models, max_tokens=settings.max_tokens_limit, max_message_chars=settings.max_message_chars
         )
-        runtime = cls(settings=settings, db=db, claude=claude, prices=prices, service=service, limits=limits)
+        limiter = RateLimiter(settings.rate_limit, settings.rate_limit_storage)
+        runtime = cls(
+            settings=settings, db=db, claude=claude, prices=prices, service=service, limits=limits,
+            metrics=metrics, limiter=limiter,
+        )
         runtime._tasks.append(asyncio.create_task(service.keep_locks_alive(), name="renew-reply-locks"))
         if claude.offline_stub:
             log.warning(

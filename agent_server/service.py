@@ -18,6 +18,7 @@ from .db import reply_lock, repository
 from .db.engine import Database
 from .db.models import utcnow
 from .history import upstream_messages
+from .metrics import Metrics
 from .pricing import PriceTable
 from .reply import Reply
 
@@ -57,12 +58,17 @@ class ConversationService:
         prices: PriceTable,
         default_model: str,
         default_max_tokens: int,
+        max_replies_per_owner: int = 8,
+        metrics: Metrics | None = None,
     ):
         self.db = db
         self.claude = claude
         self.prices = prices
         self.default_model = default_model
         self.default_max_tokens = default_max_tokens
+        self.max_replies_per_owner = max_replies_per_owner
+        self.metrics = metrics or Metrics()
+        self._owner_of: dict[Reply, str] = {}
         self.active: set[Reply] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -79,6 +85,12 @@ class ConversationService:
         """
         if self.draining:
             raise errors.ShuttingDown("The server is shutting down; try again in a moment.")
+        if sum(1 for who in self._owner_of.values() if who == owner) >= self.max_replies_per_owner:
+            self.metrics.rate_limited.labels("concurrency").inc()
+            raise errors.RateLimited(
+                f"At most {self.max_replies_per_owner} replies may be in flight per client key; retry shortly.",
+                retry_after=1,
+            )
         model = params.model
         if model is not None and model not in self.prices:
             raise errors.ValidationFailed(f"Unknown model {model!r}.")
@@ -130,14 +142,18 @@ class ConversationService:
         reply = Reply(
             db=self.db, claude=self.claude, prices=self.prices, conversation_id=conversation_id,
             prompt_turn_id=prompt_turn_id, seq=seq, lock_token=token, upstream=upstream, route=route,
-            on_finished=self._forget,
+            on_finished=self._forget, metrics=self.metrics,
         )
         self.active.add(reply)
+        self._owner_of[reply] = owner
+        self.metrics.in_flight.inc()
         self._idle.clear()
         return reply
 
     def _forget(self, reply: Reply) -> None:
         self.active.discard(reply)
+        if self._owner_of.pop(reply, None) is not None:
+            self.metrics.in_flight.dec()
         if not self.active:
             self._idle.set()
 

@@ -62,6 +62,9 @@ def make_settings(database_url: str, fake: FakeUpstream | None, **overrides: obj
         "AGENT_UPSTREAM_MAX_RETRIES": 2,
         "AGENT_UPSTREAM_TIMEOUT_SECONDS": 10,
         "AGENT_LOG_FORMAT": "json",
+        # Generous limits: the tests of the limits themselves set their own.
+        "AGENT_RATE_LIMIT": "100000/minute",
+        "AGENT_MAX_CONCURRENT_REPLIES": 1000,
     }
     if fake is not None:
         values.update(ANTHROPIC_API_KEY=UPSTREAM_KEY, ANTHROPIC_BASE_URL=fake.base_url)

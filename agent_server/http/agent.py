@@ -8,7 +8,7 @@ from starlette.responses import JSONResponse
 from .. import errors
 from ..service import ReplyParams
 from .body import read_model
-from .context import caller, runtime_of
+from .context import caller, count_model_call, runtime_of
 from .schemas import AgentRequest
 from .serialize import agent_response, done_payload
 from .sse import Emit, EventStream
@@ -20,24 +20,25 @@ async def _open(request: Request, route: str):
     body = await read_model(
         request, AgentRequest, max_bytes=runtime.settings.max_body_bytes, limits=runtime.limits
     )
+    quota = await count_model_call(request, owner)
     params = ReplyParams(
         message=body.message, conversation_id=body.conversation_id, system=body.system,
         model=body.model, max_tokens=body.max_tokens,
     )
     reply = await runtime.service.open_reply(owner=owner, params=params, route=route)
     request.scope.setdefault("agent", {})["conversation_id"] = reply.conversation_id
-    return runtime, reply
+    return runtime, reply, quota
 
 
 async def post_agent(request: Request) -> JSONResponse:
-    _, reply = await _open(request, "agent")
+    _, reply, quota = await _open(request, "agent")
     outcome = await reply.complete()
-    return JSONResponse(agent_response(outcome))
+    return JSONResponse(agent_response(outcome), headers=quota.headers())
 
 
 async def post_agent_stream(request: Request) -> EventStream:
     # Auth, validation, 404 and 409 fail here, before the stream starts: they are plain HTTP errors.
-    runtime, reply = await _open(request, "stream")
+    runtime, reply, quota = await _open(request, "stream")
 
     async def produce(emit: Emit) -> None:
         await emit("start", {"conversation_id": reply.conversation_id, "model": reply.model})
@@ -52,4 +53,5 @@ async def post_agent_stream(request: Request) -> EventStream:
             return
         await emit("done", done_payload(outcome))
 
-    return EventStream(produce, ping_seconds=runtime.settings.sse_ping_seconds)
+    headers = [(k.lower().encode(), v.encode()) for k, v in quota.headers().items()]
+    return EventStream(produce, ping_seconds=runtime.settings.sse_ping_seconds, headers=headers)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from ..db.migrations import schema_problem
-from .context import runtime_of
+from ..metrics import CONTENT_TYPE
+from .context import caller, runtime_of
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -24,3 +25,10 @@ async def readyz(request: Request) -> JSONResponse:
     if runtime.service.draining:
         return JSONResponse({"status": "unavailable", "reason": "shutting down"}, status_code=503)
     return JSONResponse({"status": "ready"})
+
+
+async def metrics(request: Request) -> Response:
+    runtime = runtime_of(request)
+    if runtime.settings.client_keys:
+        caller(request)
+    return Response(runtime.metrics.render(), media_type=CONTENT_TYPE)

@@ -51,6 +51,11 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            route = scope.get("route")
+            context["route"] = getattr(route, "path", None)
+            runtime = scope.get("state", {}).get("runtime")
+            if runtime is not None:
+                runtime.metrics.requests.labels(context["route"] or "unmatched", str(status or 500)).inc()
             log.info(
                 "request",
                 extra={

@@ -17,7 +17,7 @@ from .. import errors
 from ..service import ReplyParams
 from .auth import bearer_token, owner_for
 from .body import parse_json, validate
-from .context import runtime_of
+from .context import count_model_call, runtime_of
 from .schemas import WsMessage
 from .serialize import done_payload, turn
 
@@ -96,6 +96,7 @@ class Session:
             max_tokens=frame.max_tokens,
         )
         try:
+            await count_model_call(self.ws, self.owner)
             reply = await self.runtime.service.open_reply(owner=self.owner, params=params, route="ws")
         except errors.AgentError as exc:
             await self.send_error(exc)
@@ -128,8 +129,17 @@ class Session:
                 await self.reply_task
 
 
+def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
+    """Browsers apply no CORS to WebSockets: a handshake from a page must come from an allowed origin.
+    Clients that are not browsers send no Origin and are not affected."""
+    return origin is None or "*" in allowed or origin.rstrip("/") in allowed
+
+
 async def agent_ws(websocket: WebSocket) -> None:
     runtime = runtime_of(websocket)
+    if not origin_allowed(websocket.headers.get("origin"), runtime.settings.cors_origins):
+        await websocket.close(code=1008)  # before accept: the handshake is refused with 403
+        return
     token = bearer_token(websocket.headers) or websocket.query_params.get("token")
     await websocket.accept()
     try:
@@ -150,6 +160,7 @@ async def agent_ws(websocket: WebSocket) -> None:
             return
     await session.send({"type": "session", "conversation_id": conversation_id, "turns": [turn(t) for t in turns]})
     pinger = asyncio.create_task(session.ping_forever())
+    runtime.metrics.ws_sessions.inc()
     max_bytes = runtime.settings.max_body_bytes
     try:
         while True:
@@ -174,5 +185,6 @@ async def agent_ws(websocket: WebSocket) -> None:
     except WebSocketDisconnect:
         pass
     finally:
+        runtime.metrics.ws_sessions.dec()
         pinger.cancel()
         await session.close_reply()

@@ -99,6 +99,8 @@ def server_env(database_url: str, fake=None, **extra: str) -> dict[str, str]:
         AGENT_API_KEYS=f"alice:{ALICE},bob:{BOB}",
         AGENT_LOG_FORMAT="json",
         AGENT_SHUTDOWN_GRACE_SECONDS="3",
+        AGENT_RATE_LIMIT="100000/minute",
+        AGENT_MAX_CONCURRENT_REPLIES="1000",
         PYTHONUNBUFFERED="1",
     )
     if fake is not None:
