@@ -17,7 +17,9 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
 from . import errors
-from .config import Settings, get_settings
+import sys
+
+from .config import Settings, get_settings, is_loopback, served_host
 from starlette.middleware.cors import CORSMiddleware
 
 from .http import agent, conversations, health, openapi, ws
@@ -108,6 +110,9 @@ class AgentServerApp:
             return
         if self.runtime is None:
             raise RuntimeError("the application was not started (lifespan did not run)")
+        if self.runtime.settings.loopback_only and not _on_loopback(scope):
+            await _refuse_public(scope, send)
+            return
         scope.setdefault("state", {})["runtime"] = self.runtime
         assert self._starlette is not None
         await self._starlette(scope, receive, send)
@@ -118,7 +123,7 @@ class AgentServerApp:
         try:
             settings = self.settings
             configure_logging(settings)
-            problems = settings.startup_problems(settings.bind_host)
+            problems = settings.startup_problems(served_host(settings, sys.argv))
             if problems:
                 raise StartupError(problems[0])
             self.runtime = await Runtime.start(settings)
@@ -137,6 +142,23 @@ class AgentServerApp:
             await self.runtime.close()
         finally:
             await send({"type": "lifespan.shutdown.complete"})
+
+
+def _on_loopback(scope: Scope) -> bool:
+    server = scope.get("server")
+    return server is None or is_loopback(str(server[0]))
+
+
+async def _refuse_public(scope: Scope, send: Send) -> None:
+    """Defence in depth behind the start-up check: a stub or keyless server never answers a public address."""
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    response = JSONResponse(
+        errors.AgentError("This server has no upstream key or no client keys and serves loopback only.").envelope(),
+        status_code=503,
+    )
+    await response(scope, lambda: None, send)  # type: ignore[arg-type]
 
 
 app = AgentServerApp()

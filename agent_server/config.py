@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -63,7 +64,11 @@ def is_loopback(host: str) -> bool:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    # Errors must not echo their input: it may be AGENT_API_KEYS (client secrets) or a URL with a password,
+    # and a refusal to start is logged.
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", hide_input_in_errors=True
+    )
 
     anthropic_api_key: SecretStr | None = Field(default=None, alias="ANTHROPIC_API_KEY")
     anthropic_base_url: str | None = Field(default=None, alias="ANTHROPIC_BASE_URL")
@@ -150,6 +155,11 @@ class Settings(BaseSettings):
         assert match
         return int(match.group(1)), int(match.group(2) or 1), match.group(3).lower()
 
+    @property
+    def loopback_only(self) -> bool:
+        """True when this configuration may only serve loopback clients (stub upstream, or no client keys)."""
+        return self.offline_stub or (not self.client_keys and not self.allow_anonymous)
+
     def startup_problems(self, host: str) -> list[str]:
         """Reasons to refuse to serve on ``host``; one line each."""
         problems = []
@@ -165,6 +175,19 @@ class Settings(BaseSettings):
                     "(set client keys, or AGENT_ALLOW_ANONYMOUS=1 to serve anyone)"
                 )
         return problems
+
+
+def served_host(settings: Settings, argv: list[str]) -> str:
+    """The host this process serves on: ``AGENT_BIND_HOST`` (set by ``agent-server serve``), else uvicorn's
+    ``--host`` on the command line, else uvicorn's default, loopback."""
+    if os.environ.get("AGENT_BIND_HOST"):
+        return settings.bind_host
+    for index, arg in enumerate(argv):
+        if arg == "--host" and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith("--host="):
+            return arg.split("=", 1)[1]
+    return settings.bind_host
 
 
 @lru_cache(maxsize=1)

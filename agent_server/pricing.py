@@ -11,7 +11,7 @@ import json
 import logging
 import tomllib
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -149,20 +149,36 @@ def _read_price_file(path: Path) -> dict[str, ModelPrice]:
     for model, entry in models.items():
         if not isinstance(entry, dict) or "input" not in entry or "output" not in entry:
             raise ValueError(f"{path}: model {model!r} needs at least 'input' and 'output' prices")
-        inp = Decimal(str(entry["input"]))
+        inp = _price_value(path, model, "input", entry["input"])
         values = {
             "input": inp,
-            "output": Decimal(str(entry["output"])),
+            "output": _price_value(path, model, "output", entry["output"]),
             "cache_write_5m": inp * Decimal("1.25"),
             "cache_write_1h": inp * 2,
             "cache_read": inp * Decimal("0.1"),
         }
         for field in _FIELDS[2:]:
             if field in entry:
-                values[field] = Decimal(str(entry[field]))
-        if any(v < 0 for v in values.values()):
-            raise ValueError(f"{path}: model {model!r} has a negative price")
+                values[field] = _price_value(path, model, field, entry[field])
         table[model] = ModelPrice(
             **values, source=str(entry.get("source", str(path))), as_of=str(entry.get("as_of", "unknown"))
         )
     return table
+
+
+def _price_value(path: Path, model: str, field: str, raw: object) -> Decimal:
+    """One price as an exact, finite, non-negative Decimal; anything else is a ValueError naming the entry.
+
+    ``Decimal("abc")`` raises ``InvalidOperation``, an ArithmeticError that start-up would not report cleanly.
+    """
+    if isinstance(raw, bool) or not isinstance(raw, (int, float, str, Decimal)):
+        raise ValueError(f"{path}: model {model!r} has a non-numeric {field} price")
+    try:
+        value = Decimal(str(raw).strip())
+    except InvalidOperation:
+        raise ValueError(f"{path}: model {model!r} has a non-numeric {field} price") from None
+    if not value.is_finite():
+        raise ValueError(f"{path}: model {model!r} has a non-finite {field} price")
+    if value < 0:
+        raise ValueError(f"{path}: model {model!r} has a negative price")
+    return value

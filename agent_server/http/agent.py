@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -12,6 +14,8 @@ from .context import caller, count_model_call, runtime_of
 from .schemas import AgentRequest
 from .serialize import agent_response, done_payload
 from .sse import Emit, EventStream
+
+log = logging.getLogger(__name__)
 
 
 async def _open(request: Request, route: str):
@@ -50,6 +54,12 @@ async def post_agent_stream(request: Request) -> EventStream:
             outcome = await reply.run(token)
         except errors.AgentError as exc:
             await emit("error", exc.envelope())
+            return
+        except Exception:
+            # The stream has started, so no 500 can be sent: end it with the error event instead.
+            request_id = request.scope.get("agent", {}).get("request_id", "unknown")
+            log.exception("unhandled error in a stream (request id %s)", request_id)
+            await emit("error", errors.InternalError(request_id).envelope())
             return
         await emit("done", done_payload(outcome))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -20,6 +21,8 @@ from .body import parse_json, validate
 from .context import count_model_call, runtime_of
 from .schemas import WsMessage
 from .serialize import done_payload, turn
+
+log = logging.getLogger(__name__)
 
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_NOT_FOUND = 4404
@@ -83,12 +86,28 @@ class Session:
             await self.send_error(errors.Conflict("A reply is already in progress on this session."))
             return
         self._cancel_requested = False
-        self.reply_task = asyncio.create_task(self.reply(frame))
+        self.reply_task = asyncio.create_task(self.guarded_reply(frame))
 
     def cancel(self) -> None:
         if self.reply_task is not None and not self.reply_task.done():
             self._cancel_requested = True
             self.reply_task.cancel(msg="client cancelled")
+
+    async def guarded_reply(self, frame: WsMessage) -> None:
+        """The reply task: failures of the connection end it quietly, bugs become an ``api_error`` frame."""
+        try:
+            await self.reply(frame)
+        except (WebSocketDisconnect, OSError, RuntimeError) as exc:
+            if self.ws.client_state.name == "CONNECTED" and isinstance(exc, RuntimeError):
+                await self._report_bug()
+        except Exception:
+            await self._report_bug()
+
+    async def _report_bug(self) -> None:
+        request_id = self.ws.scope.get("agent", {}).get("request_id", "unknown")
+        log.exception("unhandled error in a WebSocket reply (request id %s)", request_id)
+        with contextlib.suppress(Exception):
+            await self.send_error(errors.InternalError(request_id))
 
     async def reply(self, frame: WsMessage) -> None:
         params = ReplyParams(
