@@ -42,6 +42,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ["AGENT_BIND_HOST"] = args.host
     get_settings.cache_clear()
     settings = _settings_or_exit()
+    from .logs import configure_logging
+
+    configure_logging(settings)
     problems = settings.startup_problems(args.host)
     if problems:
         sys.exit(f"agent-server: {problems[0]}")

@@ -8,12 +8,27 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 
 from .config import Settings
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName", "color_message"}
+
+
+_TOKEN_IN_URL = re.compile(r"([?&](?:token|access_token|key)=)[^&\s\"']+", re.IGNORECASE)
+
+
+class RedactTokens(logging.Filter):
+    """uvicorn logs WebSocket handshakes with their query string, which may carry ``?token=``: redact it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = _TOKEN_IN_URL.sub(r"\1[redacted]", message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
 
 
 def _fields(record: logging.LogRecord) -> dict:
@@ -52,6 +67,7 @@ def configure_logging(settings: Settings) -> None:
         fmt = "text" if sys.stderr.isatty() else "json"
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(TextFormatter() if fmt == "text" else JsonFormatter())
+    handler.addFilter(RedactTokens())
     level = settings.log_level.upper()
     for name in ("agent_server", "uvicorn.error"):
         logger = logging.getLogger(name)
