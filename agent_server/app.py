@@ -64,7 +64,7 @@ ROUTES = [
 
 
 def middleware(settings: Settings) -> list[Middleware]:
-    stack = [Middleware(RequestContext)]
+    stack: list[Middleware] = []
     if settings.cors_origins:
         stack.append(Middleware(
             CORSMiddleware,
@@ -95,7 +95,7 @@ class AgentServerApp:
 
     def __init__(self, settings: Settings | None = None):
         self._settings = settings
-        self._starlette: Starlette | None = None
+        self._entry: RequestContext | None = None
         self.runtime: Runtime | None = None
 
     @property
@@ -114,8 +114,8 @@ class AgentServerApp:
             await _refuse_public(scope, send)
             return
         scope.setdefault("state", {})["runtime"] = self.runtime
-        assert self._starlette is not None
-        await self._starlette(scope, receive, send)
+        assert self._entry is not None
+        await self._entry(scope, receive, send)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = await receive()
@@ -127,7 +127,8 @@ class AgentServerApp:
             if problems:
                 raise StartupError(problems[0])
             self.runtime = await Runtime.start(settings)
-            self._starlette = build_starlette(settings)
+            # Outside Starlette's error middleware, so that 500 responses carry the request id too.
+            self._entry = RequestContext(build_starlette(settings))
             if "state" in scope:
                 scope["state"]["runtime"] = self.runtime
         except (StartupError, ValueError) as exc:
