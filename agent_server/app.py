@@ -19,7 +19,9 @@ from starlette.types import Receive, Scope, Send
 from . import errors
 import sys
 
-from .config import Settings, get_settings, is_loopback, served_host
+from pydantic import ValidationError
+
+from .config import Settings, describe_settings_error, get_settings, is_loopback, served_host
 from starlette.middleware.cors import CORSMiddleware
 
 from .http import agent, conversations, health, openapi, ws
@@ -132,8 +134,9 @@ class AgentServerApp:
             if "state" in scope:
                 scope["state"]["runtime"] = self.runtime
         except (StartupError, ValueError) as exc:
-            log.error("not starting: %s", exc)
-            await send({"type": "lifespan.startup.failed", "message": f"not starting: {exc}"})
+            reason = describe_settings_error(exc) if isinstance(exc, ValidationError) else str(exc)
+            log.error("not starting: %s", reason)
+            await send({"type": "lifespan.startup.failed", "message": f"not starting: {reason}"})
             return
         await send({"type": "lifespan.startup.complete"})
         message = await receive()

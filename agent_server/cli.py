@@ -12,14 +12,12 @@ from . import __version__
 
 
 def _settings_or_exit():
-    from .config import get_settings
+    from .config import describe_settings_error, get_settings
 
     try:
         return get_settings()
     except ValidationError as exc:
-        first = exc.errors(include_input=False, include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"])
-        sys.exit(f"agent-server: invalid configuration: {where}: {first['msg'].removeprefix('Value error, ')}")
+        sys.exit(f"agent-server: {describe_settings_error(exc)}")
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/agent_server.db"
@@ -175,6 +175,13 @@ class Settings(BaseSettings):
                     "(set client keys, or AGENT_ALLOW_ANONYMOUS=1 to serve anyone)"
                 )
         return problems
+
+
+def describe_settings_error(error: ValidationError) -> str:
+    """The first problem of an invalid configuration, in one line, without the offending value."""
+    first = error.errors(include_input=False, include_url=False)[0]
+    where = ".".join(str(part) for part in first["loc"]) or "configuration"
+    return f"invalid configuration: {where}: {first['msg'].removeprefix('Value error, ')}"
 
 
 def served_host(settings: Settings, argv: list[str]) -> str:

@@ -17,7 +17,8 @@ Model = TypeVar("Model", bound=BaseModel)
 async def read_limited(request: Request, max_bytes: int) -> bytes:
     """The body, refused with 413 as soon as it passes ``max_bytes`` (Content-Length is not trusted)."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+    # isdigit() alone accepts "²", which int() refuses: ASCII digits only.
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
         raise errors.RequestTooLarge(f"The request body is larger than {max_bytes} bytes.")
     chunks: list[bytes] = []
     size = 0

@@ -35,7 +35,8 @@ async def get_conversation(request: Request) -> JSONResponse:
 def _limit(raw: str | None) -> int:
     if raw is None:
         return 50
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+    # isdigit() alone accepts "²", which int() refuses: ASCII digits only.
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE:
         raise errors.ValidationFailed(f"Invalid request: limit must be a whole number from 1 to {MAX_PAGE}.")
     return int(raw)
 

@@ -45,6 +45,28 @@ class AgentResponse(BaseModel):
     estimated_cost_usd: float | None
 
 
+class StreamStart(BaseModel):
+    conversation_id: str
+    model: str
+
+
+class StreamToken(BaseModel):
+    text: str
+
+
+class StreamDone(BaseModel):
+    """The POST /agent response without ``content``."""
+
+    conversation_id: str
+    turn_id: str
+    model: str
+    stop_reason: str | None
+    input_tokens: int
+    output_tokens: int
+    usage: UsageOut
+    estimated_cost_usd: float | None
+
+
 class TurnOut(BaseModel):
     id: str
     seq: int
@@ -123,6 +145,7 @@ class Health(BaseModel):
 
 MODELS: list[type[BaseModel]] = [
     AgentRequest, AgentResponse, ErrorEnvelope, ConversationOut, ConversationList, Health,
+    StreamStart, StreamToken, StreamDone,
 ]
 
 
@@ -132,6 +155,22 @@ def _ref(model: type[BaseModel]) -> dict:
 
 def _json(model: type[BaseModel], description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
+
+
+def _event(name: str, model: type[BaseModel]) -> dict:
+    """One Server-Sent Event: its name, and its data line, which is JSON of ``model``.
+
+    Before OpenAPI 3.2 (``itemSchema``), the ``schema`` of ``text/event-stream`` describes each event, the
+    convention schemathesis checks streams against.
+    """
+    return {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"const": name},
+            "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": _ref(model)},
+        },
+    }
 
 
 def _errors(*statuses: int) -> dict:
@@ -163,7 +202,10 @@ def build_spec() -> dict:
                 "security": secured, "requestBody": body,
                 "responses": {
                     "200": {"description": "start, token..., then done or error",
-                            "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                            "content": {"text/event-stream": {"schema": {"oneOf": [
+                                _event("start", StreamStart), _event("token", StreamToken),
+                                _event("done", StreamDone), _event("error", ErrorEnvelope),
+                            ]}}}},
                     **model_call_errors,
                 },
             }},
