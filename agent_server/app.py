@@ -135,7 +135,7 @@ class AgentServerApp:
                 scope["state"]["runtime"] = self.runtime
         except (StartupError, ValueError) as exc:
             reason = describe_settings_error(exc) if isinstance(exc, ValidationError) else str(exc)
-            log.error("not starting: %s", reason)
+            # uvicorn logs this message (once, through our handler); logging it here too would say it twice.
             await send({"type": "lifespan.startup.failed", "message": f"not starting: {reason}"})
             return
         await send({"type": "lifespan.startup.complete"})

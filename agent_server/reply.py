@@ -215,8 +215,9 @@ class Reply:
                     attempts=max(stats.attempts, 1),
                     created_at=now,
                 )
-                await repository.touch_conversation(conn, conversation_id=self.conversation_id, now=now)
-                await reply_lock.release(conn, conversation_id=self.conversation_id, token=self._lock_token)
+                await reply_lock.release(
+                    conn, conversation_id=self.conversation_id, token=self._lock_token, touch=now
+                )
         finally:
             result = self._on_finished(self)
             if result is not None:

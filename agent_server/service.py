@@ -96,43 +96,39 @@ class ConversationService:
             raise errors.ValidationFailed(f"Unknown model {model!r}.")
         token = reply_lock.new_token()
         now = utcnow()
+        # One short write transaction: check, lock, read history, store the user turn.
         async with self.db.write() as conn:
             if params.conversation_id is None:
-                model = model or self.default_model
+                model, system, seq, history = model or self.default_model, params.system, 1, []
                 conversation_id = await repository.create_conversation(
-                    conn, owner=owner, model=model, system=params.system, now=now
+                    conn, owner=owner, model=model, system=system, now=now,
+                    **reply_lock.claim_values(token=token, holder=self._holder, now=now),
                 )
-                system = params.system
             else:
                 conversation_id = params.conversation_id
-                stored = await repository.get_conversation(conn, conversation_id=conversation_id, owner=owner)
+                stored = await repository.get_conversation_for_reply(
+                    conn, conversation_id=conversation_id, owner=owner
+                )
                 if stored is None:
                     raise errors.conversation_not_found(conversation_id)
                 if params.system is not None and params.system != stored.system:
                     raise errors.ValidationFailed(
                         "'system' cannot change on an existing conversation: omit it or send the stored one."
                     )
+                if not reply_lock.is_free(stored, now):
+                    raise errors.Conflict(
+                        "This conversation is already generating a reply; wait for it to finish."
+                    )
                 model, system = model or stored.model, stored.system
-            if not await reply_lock.try_acquire(
-                conn, conversation_id=conversation_id, token=token, holder=self._holder, now=now
-            ):
-                raise errors.Conflict("This conversation is already generating a reply; wait for it to finish.")
-            seq = await repository.next_seq(conn, conversation_id=conversation_id)
+                await reply_lock.claim(conn, conversation_id=conversation_id, token=token, holder=self._holder,
+                                       now=now)
+                turns = await repository.turns_for_history(conn, conversation_id=conversation_id)
+                seq = turns[-1].seq + 1 if turns else 1
+                history = [(t.seq, t.role, t.content) for t in turns if t.status == "complete"]
             prompt_turn_id = await repository.add_turn(
                 conn, conversation_id=conversation_id, seq=seq, role="user", content=params.message,
                 status="complete", now=now,
             )
-        history: list = []
-        if seq > 1:
-            try:
-                async with self.db.read() as conn:
-                    history = await repository.complete_turns(conn, conversation_id=conversation_id)
-            except BaseException:
-                async with self.db.write() as conn:
-                    await reply_lock.release(conn, conversation_id=conversation_id, token=token)
-                raise
-            # The new user turn is already stored as complete: pair the history without it.
-            history = [row for row in history if row[0] != seq]
         upstream = UpstreamRequest(
             model=model,
             max_tokens=params.max_tokens or self.default_max_tokens,

@@ -21,8 +21,10 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .models import Conversation
+from .repository import reply_lock_columns
 
 LOCK_TTL = timedelta(seconds=30)
+LOCK_COLUMNS = reply_lock_columns()
 RENEW_EVERY_SECONDS = 10
 
 
@@ -80,45 +82,60 @@ def new_token() -> str:
     return secrets.token_hex(8)
 
 
+def is_free(row, now: datetime) -> bool:
+    """The rule: a lock is free when unset, expired, or held by a dead process of this machine.
+
+    ``row`` has the ``lock_*`` columns of the conversation.
+    """
+    held = row.lock_token is not None and row.lock_expires_at is not None and row.lock_expires_at > now
+    return not held or holder_is_dead(row.lock_machine, row.lock_pid, row.lock_pid_started)
+
+
+def claim_values(*, token: str, holder: Holder, now: datetime) -> dict:
+    """The column values that mark the lock as held by ``holder`` (for an INSERT or an UPDATE)."""
+    return {
+        "lock_token": token,
+        "lock_machine": holder.machine,
+        "lock_pid": holder.pid,
+        "lock_pid_started": holder.pid_started,
+        "lock_expires_at": now + LOCK_TTL,
+    }
+
+
+async def claim(conn: AsyncConnection, *, conversation_id: str, token: str, holder: Holder, now: datetime) -> None:
+    """Mark the lock held, inside the write transaction that found it free."""
+    await conn.execute(
+        update(Conversation)
+        .where(Conversation.id == conversation_id)
+        .values(**claim_values(token=token, holder=holder, now=now))
+    )
+
+
 async def try_acquire(
     conn: AsyncConnection, *, conversation_id: str, token: str, holder: Holder, now: datetime
 ) -> bool:
     """Take the lock inside the caller's write transaction; False when someone live holds it."""
     row = (
-        await conn.execute(
-            select(
-                Conversation.lock_token,
-                Conversation.lock_machine,
-                Conversation.lock_pid,
-                Conversation.lock_pid_started,
-                Conversation.lock_expires_at,
-            ).where(Conversation.id == conversation_id)
-        )
+        await conn.execute(select(*LOCK_COLUMNS).where(Conversation.id == conversation_id))
     ).one_or_none()
-    if row is None:
+    if row is None or not is_free(row, now):
         return False
-    held = row.lock_token is not None and row.lock_expires_at is not None and row.lock_expires_at > now
-    if held and not holder_is_dead(row.lock_machine, row.lock_pid, row.lock_pid_started):
-        return False
-    await conn.execute(
-        update(Conversation)
-        .where(Conversation.id == conversation_id)
-        .values(
-            lock_token=token,
-            lock_machine=holder.machine,
-            lock_pid=holder.pid,
-            lock_pid_started=holder.pid_started,
-            lock_expires_at=now + LOCK_TTL,
-        )
-    )
+    await claim(conn, conversation_id=conversation_id, token=token, holder=holder, now=now)
     return True
 
 
-async def release(conn: AsyncConnection, *, conversation_id: str, token: str) -> None:
+async def release(
+    conn: AsyncConnection, *, conversation_id: str, token: str, touch: datetime | None = None
+) -> None:
+    """Free the lock if ``token`` still holds it; ``touch`` also sets the conversation's ``updated_at``."""
+    values: dict = {"lock_token": None, "lock_machine": None, "lock_pid": None, "lock_pid_started": None,
+                    "lock_expires_at": None}
+    if touch is not None:
+        values["updated_at"] = touch
     await conn.execute(
         update(Conversation)
         .where(Conversation.id == conversation_id, Conversation.lock_token == token)
-        .values(lock_token=None, lock_machine=None, lock_pid=None, lock_pid_started=None, lock_expires_at=None)
+        .values(**values)
     )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, insert, select, tuple_, update
+from sqlalchemy import func, insert, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .models import Conversation, Turn, UpstreamCall, new_id
@@ -62,24 +62,37 @@ async def get_conversation(
 
 
 async def create_conversation(
-    conn: AsyncConnection, *, owner: str, model: str, system: str | None, now: datetime
+    conn: AsyncConnection, *, owner: str, model: str, system: str | None, now: datetime, **extra: object
 ) -> str:
+    """Insert a conversation; ``extra`` sets further columns (the reply lock, taken at birth)."""
     conversation_id = new_id("conv")
     await conn.execute(
         insert(Conversation).values(
-            id=conversation_id, owner=owner, model=model, system=system, created_at=now, updated_at=now
+            id=conversation_id, owner=owner, model=model, system=system, created_at=now, updated_at=now, **extra
         )
     )
     return conversation_id
 
 
-async def touch_conversation(conn: AsyncConnection, *, conversation_id: str, now: datetime) -> None:
-    await conn.execute(update(Conversation).where(Conversation.id == conversation_id).values(updated_at=now))
+async def get_conversation_for_reply(conn: AsyncConnection, *, conversation_id: str, owner: str):
+    """The conversation's model, system and reply-lock columns, if it belongs to ``owner``."""
+    return (
+        await conn.execute(
+            select(Conversation.model, Conversation.system, *reply_lock_columns()).where(
+                Conversation.id == conversation_id, Conversation.owner == owner
+            )
+        )
+    ).one_or_none()
 
 
-async def next_seq(conn: AsyncConnection, *, conversation_id: str) -> int:
-    last = await conn.scalar(select(func.max(Turn.seq)).where(Turn.conversation_id == conversation_id))
-    return (last or 0) + 1
+def reply_lock_columns() -> tuple:
+    return (
+        Conversation.lock_token,
+        Conversation.lock_machine,
+        Conversation.lock_pid,
+        Conversation.lock_pid_started,
+        Conversation.lock_expires_at,
+    )
 
 
 async def add_turn(
@@ -160,11 +173,11 @@ async def totals_by_conversation(conn: AsyncConnection, *, conversation_ids: lis
     return {row[0]: Totals(*row[1:]) for row in result}
 
 
-async def complete_turns(conn: AsyncConnection, *, conversation_id: str) -> list:
-    """(seq, role, content) of the ``complete`` turns, oldest first: the raw material of upstream history."""
+async def turns_for_history(conn: AsyncConnection, *, conversation_id: str) -> list:
+    """(seq, role, status, content) of every turn, oldest first: the raw material of upstream history."""
     result = await conn.execute(
-        select(Turn.seq, Turn.role, Turn.content)
-        .where(Turn.conversation_id == conversation_id, Turn.status == "complete")
+        select(Turn.seq, Turn.role, Turn.status, Turn.content)
+        .where(Turn.conversation_id == conversation_id)
         .order_by(Turn.seq)
     )
     return list(result)

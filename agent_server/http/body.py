@@ -32,7 +32,10 @@ async def read_limited(request: Request, max_bytes: int) -> bytes:
 
 def parse_json(raw: bytes | str) -> object:
     try:
-        return json.loads(raw)
+        # JSON on the wire is UTF-8 (RFC 8259 section 8.1). json.loads(bytes) would also take UTF-16/32 and let
+        # encoded surrogates through ('surrogatepass'); a strict decode refuses both. UnicodeDecodeError is a
+        # ValueError.
+        return json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
     except (ValueError, RecursionError):
         raise errors.InvalidJSON("The body is not valid JSON.") from None
 
