@@ -212,7 +212,7 @@ class Reply:
                     cost_nano_usd=to_nano(cost),
                     latency_ms=stats.latency_ms,
                     ttft_ms=stats.ttft_ms,
-                    attempts=max(stats.attempts, 1),
+                    attempts=stats.attempts,
                     created_at=now,
                 )
                 await reply_lock.release(
@@ -248,7 +248,7 @@ class Reply:
                 "status": call_status,
                 "error_type": error_type,
                 "upstream_request_id": stats.request_id,
-                "attempts": max(stats.attempts, 1),
+                "attempts": stats.attempts,
                 "input_tokens": stats.usage.input_tokens,
                 "output_tokens": stats.usage.output_tokens,
                 "cost_usd": None if cost is None else str(cost),

@@ -45,12 +45,11 @@ async def post_agent_stream(request: Request) -> EventStream:
     runtime, reply, quota = await _open(request, "stream")
 
     async def produce(emit: Emit) -> None:
-        await emit("start", {"conversation_id": reply.conversation_id, "model": reply.model})
-
         async def token(text: str) -> None:
             await emit("token", {"text": text})
 
         try:
+            await emit("start", {"conversation_id": reply.conversation_id, "model": reply.model})
             outcome = await reply.run(token)
         except errors.AgentError as exc:
             await emit("error", exc.envelope())
@@ -61,6 +60,9 @@ async def post_agent_stream(request: Request) -> EventStream:
             log.exception("unhandled error in a stream (request id %s)", request_id)
             await emit("error", errors.InternalError(request_id).envelope())
             return
+        finally:
+            # A client gone before run() began would otherwise leave the reply (and its lock) open.
+            await reply.abandon()
         await emit("done", done_payload(outcome))
 
     headers = [(k.lower().encode(), v.encode()) for k, v in quota.headers().items()]

@@ -122,22 +122,27 @@ class Session:
             return
         self.conversation_id = reply.conversation_id
         self.ws.scope.setdefault("agent", {})["conversation_id"] = reply.conversation_id
-        await self.send({"type": "start", "conversation_id": reply.conversation_id, "model": reply.model})
 
         async def token(text: str) -> None:
             await self.send({"type": "token", "text": text})
 
         try:
+            await self.send({"type": "start", "conversation_id": reply.conversation_id, "model": reply.model})
             outcome = await reply.run(token)
         except errors.AgentError as exc:
             await self.send_error(exc)
             return
         except asyncio.CancelledError:
+            # A cancel before run() began leaves nothing stored yet: store it (a no-op otherwise).
+            await reply.abandon()
             if not self._cancel_requested:
                 raise
             asyncio.current_task().uncancel()
             await self.send({"type": "cancelled", "conversation_id": reply.conversation_id, "turn_id": reply.turn_id})
             return
+        except BaseException:
+            await reply.abandon()
+            raise
         await self.send({"type": "done", **done_payload(outcome)})
 
     async def close_reply(self) -> None:
