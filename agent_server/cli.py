@@ -34,6 +34,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .config import get_settings
     from .db.migrations import upgrade_to_head
+    from .http_protocol import LimitedHttpToolsProtocol
     from .server import run
 
     # Workers re-read the settings: tell them which host they are bound to (the loopback rules depend on it).
@@ -62,7 +63,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=max(int(settings.shutdown_grace_seconds) + 5, 1),
         timeout_keep_alive=30,
         server_header=False,
-        h11_max_incomplete_event_size=64 * 1024,
+        http=LimitedHttpToolsProtocol,
     )
     return 0 if run(config) else 1
 

@@ -68,10 +68,13 @@ def configure_logging(settings: Settings) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(TextFormatter() if fmt == "text" else JsonFormatter())
     handler.addFilter(RedactTokens())
-    level = settings.log_level.upper()
-    for name in ("agent_server", "uvicorn.error"):
+    level = logging.getLevelName(settings.log_level.upper())
+    level = level if isinstance(level, int) else logging.INFO
+    # uvicorn.error never below INFO: at DEBUG the websockets library logs every handshake header (client
+    # keys) and every frame (message content) through it.
+    for name, floor in (("agent_server", level), ("uvicorn.error", max(level, logging.INFO))):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
-        logger.setLevel(level)
+        logger.setLevel(floor)
         logger.propagate = False
     logging.getLogger("uvicorn.access").disabled = True
