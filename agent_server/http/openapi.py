@@ -33,18 +33,6 @@ class UsageOut(BaseModel):
     cache_read_input_tokens: int
 
 
-class AgentResponse(BaseModel):
-    conversation_id: str
-    turn_id: str
-    content: str
-    model: str
-    stop_reason: str | None
-    input_tokens: int
-    output_tokens: int
-    usage: UsageOut
-    estimated_cost_usd: float | None
-
-
 class StreamStart(BaseModel):
     conversation_id: str
     model: str
@@ -65,6 +53,12 @@ class StreamDone(BaseModel):
     output_tokens: int
     usage: UsageOut
     estimated_cost_usd: float | None
+
+
+class AgentResponse(StreamDone):
+    """The whole reply: the stream's ``done`` plus the text."""
+
+    content: str
 
 
 class TurnOut(BaseModel):
