@@ -1,0 +1,1 @@
+"""One module per benchmark section; each exposes ``async def run(run: Run) -> dict``."""

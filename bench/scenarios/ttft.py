@@ -1,0 +1,102 @@
+"""TTFT overhead: time to the first token through agent-server and through the baseline proxy, minus the
+fake upstream's own time to first token measured by the same client, at 1 and at N concurrent streams.
+
+A round sends ``streams`` simultaneous requests to one target and waits for all of them to finish; rounds
+go server, baseline, direct, server, baseline, direct... so the machine's noise is shared by all three.
+Overhead is reported per percentile: p50(target) - p50(direct), p99(target) - p99(direct).
+
+``--ttft-client raw`` (the default) reads the streams with ``rawsse``, one connection per request: at 64
+concurrent streams httpx's connection pool and h11 parser cost the client ~15 ms of CPU per request on a
+2-core machine, and the client's own queueing then dominated every target (the fake's 20 ms TTFT read as
+~600 ms). ``--ttft-client httpx`` keeps httpx (pooled keep-alive connections) for comparison.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from .. import stats, sysinfo
+from .. import rawsse
+from ..client import Target, direct_body, histogram_delta, http_client, server_histograms, sse_stream
+from ..runner import FakeSpec, Run
+
+ORDER = ("server", "baseline", "direct")
+
+
+def _body(target: Target) -> dict:
+    if target.name == "direct":
+        return direct_body("hello", 64, stream=True)
+    return {"message": "hello", "max_tokens": 64}
+
+
+async def _level(run: Run, client, targets: dict[str, Target], *, streams: int, rounds: int, warmup: int,
+                 tokens: int) -> dict:
+    ttfts: dict[str, list[float]] = {name: [] for name in ORDER}
+    errors: dict[str, list[str]] = {name: [] for name in ORDER}
+    client_cpu = {name: 0.0 for name in ORDER}
+    for index in range(warmup + rounds):
+        for name in ORDER:
+            target = targets[name]
+            body = _body(target)
+            own0 = sysinfo.own_cpu_seconds()
+            if run.plan.ttft_client == "raw":
+                streams_done = (rawsse.sse_stream(target, body, timeout=run.plan.request_timeout, expect_tokens=tokens)
+                                for _ in range(streams))
+            else:
+                streams_done = (sse_stream(client, target, body, expect_tokens=tokens) for _ in range(streams))
+            results = await asyncio.gather(*streams_done)
+            if index < warmup:
+                continue
+            client_cpu[name] += sysinfo.own_cpu_seconds() - own0
+            for result in results:
+                if result.ok and result.ttft is not None:
+                    ttfts[name].append(result.ttft)
+                else:
+                    errors[name].append(result.error or "no token")
+        run.progress.update(f"{streams} stream(s): round {index + 1}/{warmup + rounds}")
+    out: dict[str, dict] = {}
+    direct = stats.latency_summary(ttfts["direct"])
+    for name in ORDER:
+        summary = stats.latency_summary(ttfts[name])
+        per_request = round(1000 * client_cpu[name] / summary["n"], 3) if summary["n"] else None
+        entry = {"ttft": summary, "errors": len(errors[name]), "first_errors": errors[name][:3],
+                 "client_cpu_ms_per_request": per_request}
+        if name != "direct":
+            entry["overhead_p50_ms"] = stats.diff(summary["p50_ms"], direct["p50_ms"])
+            entry["overhead_p99_ms"] = stats.diff(summary["p99_ms"], direct["p99_ms"])
+        out[name] = entry
+    return out
+
+
+async def run(run: Run) -> dict:
+    plan = run.plan
+    run.progress.section("ttft", f"1 stream x {plan.ttft_samples} rounds, {plan.ttft_streams} streams x "
+                                 f"{plan.ttft_rounds} rounds, targets interleaved")
+    stack = run.stack("ttft", FakeSpec(plan.ttft_upstream, 0.0, plan.ttft_tokens))
+    spec = stack.spec
+    run.progress.note(f"fake TTFT {spec.ttft * 1000:.0f} ms, {spec.n_tokens} tokens a reply")
+    try:
+        targets = run.stream_targets(stack)
+        levels = {}
+        async with http_client(plan.request_timeout) as client:
+            with run.profiler("ttft", stack) as profile:
+                for streams, rounds in ((1, plan.ttft_samples), (plan.ttft_streams, plan.ttft_rounds)):
+                    before = await server_histograms(client, stack.server.url, run.auth)
+                    levels[str(streams)] = await _level(run, client, targets, streams=streams, rounds=rounds,
+                                                        warmup=plan.ttft_warmup, tokens=spec.n_tokens)
+                    after = await server_histograms(client, stack.server.url, run.auth)
+                    levels[str(streams)]["server"]["server_view"] = histogram_delta(before, after)
+    finally:
+        run.release(stack)
+    result = {
+        "config": {"fake_ttft_ms": spec.ttft * 1000, "fake_token_delay_ms": spec.token_delay * 1000,
+                   "tokens": spec.n_tokens, "client": plan.ttft_client,
+                   "levels": {"1": plan.ttft_samples, str(plan.ttft_streams): plan.ttft_rounds},
+                   "note": "levels maps concurrent streams to measured rounds (each round = that many streams "
+                           "per target); overhead = percentile(target) - percentile(direct)"},
+    }
+    for name in ORDER:
+        result[name] = {level: data[name] for level, data in levels.items()}
+    if profile.summary is not None:
+        result["profile"] = profile.summary
+    return result

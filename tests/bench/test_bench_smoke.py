@@ -1,0 +1,85 @@
+"""`python -m bench --quick` end to end: every section runs and reports numbers next to its baseline."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# (section, path to a figure); each is checked for the server and for the baseline.
+FIGURES = {
+    "ttft": [("1", "ttft", "p50_ms"), ("1", "overhead_p50_ms"), ("1", "overhead_p99_ms")],
+    "throughput": [("per_second",), ("latency", "p99_ms")],
+    "fanout": [("tokens_per_s",), ("cpu_s_per_1k_tokens",), ("added_gap_p99_ms",)],
+    "ws": [("rss_per_session_kib",), ("replies_per_s",), ("latency", "p99_ms")],
+    "history": [("10", "p50_ms"), ("100", "p50_ms"), ("1000", "p50_ms"), ("added_1000_vs_10_p50_ms",)],
+}
+
+
+def _dig(data, path):
+    for key in path:
+        assert isinstance(data, dict) and key in data, f"missing {key!r} on the way to {path}"
+        data = data[key]
+    return data
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("bench") / "result.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(out), "--no-progress"],
+        cwd=ROOT, capture_output=True, text=True, timeout=90,
+    )
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    )
+    assert "targets" in proc.stdout  # the table was printed
+    return json.loads(out.read_text())
+
+
+def test_every_section_ran(result: dict) -> None:
+    assert set(result["sections"]) == set(FIGURES)
+    for name, section in result["sections"].items():
+        assert "error" not in section, f"{name}: {section.get('error')}"
+
+
+@pytest.mark.parametrize("section", sorted(FIGURES))
+def test_section_has_figures_and_baselines(result: dict, section: str) -> None:
+    data = result["sections"][section]
+    for who in ("server", "baseline"):
+        for path in FIGURES[section]:
+            value = _dig(data[who], path)
+            assert _is_number(value), f"{section}.{who}.{'.'.join(path)} = {value!r}"
+    if section == "ttft":
+        assert _is_number(_dig(data, ("direct", "1", "ttft", "p50_ms")))
+        assert len(data["server"]) == 2  # 1 stream and the high level
+    if section == "throughput":
+        assert _is_number(data["ratio"]) and data["server"]["persisted_rows"] >= data["server"]["completed"] > 0
+    if section == "history":
+        assert _is_number(_dig(data, ("server", "db_size", "added_big_vs_tiny_p50_ms")))
+        assert _is_number(_dig(data, ("server", "storage", "db_bytes_per_turn")))
+
+
+def test_targets_are_judged(result: dict) -> None:
+    targets = result["targets"]
+    assert len(targets) >= 8
+    for target in targets:
+        assert _is_number(target["value"]), target
+        assert target["pass"] in (True, False), target
+
+
+def test_meta_describes_the_machine(result: dict) -> None:
+    meta = result["meta"]
+    assert meta["quick"] is True and meta["machine"]["nproc"] >= 1 and meta["machine"]["cpu_model"]
