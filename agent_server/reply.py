@@ -25,8 +25,7 @@ from decimal import Decimal
 
 from . import errors
 from .claude import CallStats, Claude, UpstreamRequest
-from .db import repository
-from .db import reply_lock
+from .db import reply_lock, writes
 from .db.engine import Database
 from .db.models import new_id, utcnow
 from .metrics import Metrics
@@ -179,20 +178,11 @@ class Reply:
         store_turn = turn_status != "failed" or bool(content)
         now = utcnow()
         try:
-            async with self._db.write() as conn:
-                if store_turn:
-                    await repository.add_turn(
-                        conn,
-                        conversation_id=self.conversation_id,
-                        seq=self._seq + 1,
-                        role="assistant",
-                        content=content,
-                        status=turn_status,
-                        now=now,
-                        turn_id=self.turn_id,
-                    )
-                await repository.add_upstream_call(
-                    conn,
+            await self._db.write(
+                _store_outcome,
+                turn=dict(conversation_id=self.conversation_id, seq=self._seq + 1, role="assistant",
+                          content=content, status=turn_status, now=now, turn_id=self.turn_id) if store_turn else None,
+                call=dict(
                     id=self.request_id,
                     conversation_id=self.conversation_id,
                     prompt_turn_id=self._prompt_turn_id,
@@ -214,10 +204,10 @@ class Reply:
                     ttft_ms=stats.ttft_ms,
                     attempts=stats.attempts,
                     created_at=now,
-                )
-                await reply_lock.release(
-                    conn, conversation_id=self.conversation_id, token=self._lock_token, touch=now
-                )
+                ),
+                lock_token=self._lock_token,
+                now=now,
+            )
         finally:
             result = self._on_finished(self)
             if result is not None:
@@ -257,3 +247,11 @@ class Reply:
             },
         )
         return self.outcome
+
+
+def _store_outcome(conn, *, turn: dict | None, call: dict, lock_token: str, now) -> None:
+    """The transaction that ends a reply (on the writer thread): its turn, its request row, the lock."""
+    if turn is not None:
+        writes.add_turn(conn, **turn)
+    writes.add_upstream_call(conn, **call)
+    reply_lock.release(conn, conversation_id=call["conversation_id"], token=lock_token, touch=now)

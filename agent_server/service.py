@@ -14,7 +14,7 @@ from datetime import datetime
 
 from . import errors
 from .claude import Claude, UpstreamRequest
-from .db import reply_lock, repository
+from .db import reply_lock, repository, writes
 from .db.engine import Database
 from .db.models import utcnow
 from .history import upstream_messages
@@ -94,41 +94,17 @@ class ConversationService:
         model = params.model
         if model is not None and model not in self.prices:
             raise errors.ValidationFailed(f"Unknown model {model!r}.")
-        token = reply_lock.new_token()
-        now = utcnow()
-        # One short write transaction: check, lock, read history, store the user turn.
-        async with self.db.write() as conn:
-            if params.conversation_id is None:
-                model, system, seq, history = model or self.default_model, params.system, 1, []
-                conversation_id = await repository.create_conversation(
-                    conn, owner=owner, model=model, system=system, now=now,
-                    **reply_lock.claim_values(token=token, holder=self._holder, now=now),
-                )
-            else:
-                conversation_id = params.conversation_id
-                stored = await repository.get_conversation_for_reply(
-                    conn, conversation_id=conversation_id, owner=owner
-                )
-                if stored is None:
-                    raise errors.conversation_not_found(conversation_id)
-                if params.system is not None and params.system != stored.system:
-                    raise errors.ValidationFailed(
-                        "'system' cannot change on an existing conversation: omit it or send the stored one."
-                    )
-                if not reply_lock.is_free(stored, now):
-                    raise errors.Conflict(
-                        "This conversation is already generating a reply; wait for it to finish."
-                    )
-                model, system = model or stored.model, stored.system
-                await reply_lock.claim(conn, conversation_id=conversation_id, token=token, holder=self._holder,
-                                       now=now)
-                turns = await repository.turns_for_history(conn, conversation_id=conversation_id)
-                seq = turns[-1].seq + 1 if turns else 1
-                history = [(t.seq, t.role, t.content) for t in turns if t.status == "complete"]
-            prompt_turn_id = await repository.add_turn(
-                conn, conversation_id=conversation_id, seq=seq, role="user", content=params.message,
-                status="complete", now=now,
-            )
+        opening = asyncio.ensure_future(self.db.write(
+            _begin_reply, owner=owner, params=params, default_model=model or self.default_model,
+            token=reply_lock.new_token(), holder=self._holder, now=utcnow(),
+        ))
+        try:
+            begun = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            # The caller left while the transaction ran: once it has committed, give the lock back.
+            opening.add_done_callback(self._release_abandoned)
+            raise
+        conversation_id, model, system, seq, history, prompt_turn_id, token = begun
         upstream = UpstreamRequest(
             model=model,
             max_tokens=params.max_tokens or self.default_max_tokens,
@@ -146,6 +122,16 @@ class ConversationService:
         self._idle.clear()
         return reply
 
+    def _release_abandoned(self, opening: asyncio.Future) -> None:
+        if opening.cancelled() or opening.exception() is not None:
+            return
+        conversation_id, token = opening.result()[0], opening.result()[-1]
+
+        async def release() -> None:
+            await self.db.write(reply_lock.release, conversation_id=conversation_id, token=token)
+
+        asyncio.ensure_future(release())
+
     def _forget(self, reply: Reply) -> None:
         self.active.discard(reply)
         if self._owner_of.pop(reply, None) is not None:
@@ -160,8 +146,7 @@ class ConversationService:
             tokens = [reply.lock_token for reply in self.active]
             if tokens:
                 try:
-                    async with self.db.write() as conn:
-                        await reply_lock.renew(conn, tokens=tokens, now=utcnow())
+                    await self.db.write(reply_lock.renew, tokens=tokens, now=utcnow())
                 except Exception:
                     log.exception("could not renew reply locks")
 
@@ -211,6 +196,41 @@ class ConversationService:
             totals = await repository.totals_by_conversation(conn, conversation_ids=[c.id for c in page])
         next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None
         return ConversationPage(page, totals, next_cursor)
+
+
+def _begin_reply(
+    conn, *, owner: str, params: ReplyParams, default_model: str, token: str, holder: reply_lock.Holder,
+    now: datetime,
+) -> tuple:
+    """The transaction that opens a reply (on the writer thread): check the conversation, take its reply
+    lock, read its history and store the user turn. Raises NotFound, ValidationFailed or Conflict."""
+    if params.conversation_id is None:
+        model, system, seq, history = default_model, params.system, 1, []
+        conversation_id = writes.create_conversation(
+            conn, owner=owner, model=model, system=system, now=now,
+            **reply_lock.claim_values(token=token, holder=holder, now=now),
+        )
+    else:
+        conversation_id = params.conversation_id
+        stored = writes.conversation_for_reply(conn, conversation_id=conversation_id, owner=owner)
+        if stored is None:
+            raise errors.conversation_not_found(conversation_id)
+        if params.system is not None and params.system != stored.system:
+            raise errors.ValidationFailed(
+                "'system' cannot change on an existing conversation: omit it or send the stored one."
+            )
+        if not reply_lock.is_free(stored, now):
+            raise errors.Conflict("This conversation is already generating a reply; wait for it to finish.")
+        model, system = params.model or stored.model, stored.system
+        reply_lock.claim(conn, conversation_id=conversation_id, token=token, holder=holder, now=now)
+        turns = writes.turns_for_history(conn, conversation_id=conversation_id)
+        seq = turns[-1].seq + 1 if turns else 1
+        history = [(t.seq, t.role, t.content) for t in turns if t.status == "complete"]
+    prompt_turn_id = writes.add_turn(
+        conn, conversation_id=conversation_id, seq=seq, role="user", content=params.message, status="complete",
+        now=now,
+    )
+    return conversation_id, model, system, seq, history, prompt_turn_id, token
 
 
 def encode_cursor(created_at: datetime, conversation_id: str) -> str:

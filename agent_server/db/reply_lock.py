@@ -17,14 +17,11 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 
-from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection
 
-from .models import Conversation
-from .repository import reply_lock_columns
+from . import writes
 
 LOCK_TTL = timedelta(seconds=30)
-LOCK_COLUMNS = reply_lock_columns()
 RENEW_EVERY_SECONDS = 10
 
 
@@ -102,46 +99,21 @@ def claim_values(*, token: str, holder: Holder, now: datetime) -> dict:
     }
 
 
-async def claim(conn: AsyncConnection, *, conversation_id: str, token: str, holder: Holder, now: datetime) -> None:
+def claim(conn: Connection, *, conversation_id: str, token: str, holder: Holder, now: datetime) -> None:
     """Mark the lock held, inside the write transaction that found it free."""
-    await conn.execute(
-        update(Conversation)
-        .where(Conversation.id == conversation_id)
-        .values(**claim_values(token=token, holder=holder, now=now))
-    )
+    writes.set_reply_lock(conn, conversation_id=conversation_id, values=claim_values(token=token, holder=holder, now=now))
 
 
-async def try_acquire(
-    conn: AsyncConnection, *, conversation_id: str, token: str, holder: Holder, now: datetime
-) -> bool:
-    """Take the lock inside the caller's write transaction; False when someone live holds it."""
-    row = (
-        await conn.execute(select(*LOCK_COLUMNS).where(Conversation.id == conversation_id))
-    ).one_or_none()
-    if row is None or not is_free(row, now):
-        return False
-    await claim(conn, conversation_id=conversation_id, token=token, holder=holder, now=now)
-    return True
-
-
-async def release(
-    conn: AsyncConnection, *, conversation_id: str, token: str, touch: datetime | None = None
-) -> None:
+def release(conn: Connection, *, conversation_id: str, token: str, touch: datetime | None = None) -> None:
     """Free the lock if ``token`` still holds it; ``touch`` also sets the conversation's ``updated_at``."""
     values: dict = {"lock_token": None, "lock_machine": None, "lock_pid": None, "lock_pid_started": None,
                     "lock_expires_at": None}
     if touch is not None:
         values["updated_at"] = touch
-    await conn.execute(
-        update(Conversation)
-        .where(Conversation.id == conversation_id, Conversation.lock_token == token)
-        .values(**values)
-    )
+    writes.clear_reply_lock(conn, conversation_id=conversation_id, token=token, values=values)
 
 
-async def renew(conn: AsyncConnection, *, tokens: list[str], now: datetime) -> None:
+def renew(conn: Connection, *, tokens: list[str], now: datetime) -> None:
     """Push back the expiry of the locks this process holds (called every ``RENEW_EVERY_SECONDS``)."""
     if tokens:
-        await conn.execute(
-            update(Conversation).where(Conversation.lock_token.in_(tokens)).values(lock_expires_at=now + LOCK_TTL)
-        )
+        writes.extend_reply_locks(conn, tokens=tokens, expires_at=now + LOCK_TTL)

@@ -1,15 +1,15 @@
-"""Repository functions: plain reads and writes, no rules. Each takes the connection of the caller's
-transaction (``conn``) and keyword-only arguments."""
+"""Read-side repository functions: plain async queries, no rules. Each takes the connection of the
+caller's read transaction (``conn``) and keyword-only arguments. Writes are in ``writes.py``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, insert, select, tuple_
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .models import Conversation, Turn, UpstreamCall, new_id
+from .models import Conversation, Turn, UpstreamCall
 
 TOTAL_COLUMNS = (
     "input_tokens",
@@ -61,74 +61,6 @@ async def get_conversation(
     return None if row is None else ConversationRecord(*row)
 
 
-async def create_conversation(
-    conn: AsyncConnection, *, owner: str, model: str, system: str | None, now: datetime, **extra: object
-) -> str:
-    """Insert a conversation; ``extra`` sets further columns (the reply lock, taken at birth)."""
-    conversation_id = new_id("conv")
-    await conn.execute(
-        insert(Conversation).values(
-            id=conversation_id, owner=owner, model=model, system=system, created_at=now, updated_at=now, **extra
-        )
-    )
-    return conversation_id
-
-
-async def get_conversation_for_reply(conn: AsyncConnection, *, conversation_id: str, owner: str):
-    """The conversation's model, system and reply-lock columns, if it belongs to ``owner``."""
-    return (
-        await conn.execute(
-            select(Conversation.model, Conversation.system, *reply_lock_columns()).where(
-                Conversation.id == conversation_id, Conversation.owner == owner
-            )
-        )
-    ).one_or_none()
-
-
-def reply_lock_columns() -> tuple:
-    return (
-        Conversation.lock_token,
-        Conversation.lock_machine,
-        Conversation.lock_pid,
-        Conversation.lock_pid_started,
-        Conversation.lock_expires_at,
-    )
-
-
-async def add_turn(
-    conn: AsyncConnection,
-    *,
-    conversation_id: str,
-    seq: int,
-    role: str,
-    content: str,
-    status: str,
-    now: datetime,
-    turn_id: str | None = None,
-) -> str:
-    turn_id = turn_id or new_id("turn")
-    await conn.execute(
-        insert(Turn).values(
-            id=turn_id,
-            conversation_id=conversation_id,
-            seq=seq,
-            role=role,
-            content=content,
-            status=status,
-            created_at=now,
-            updated_at=now,
-        )
-    )
-    return turn_id
-
-
-async def add_upstream_call(conn: AsyncConnection, **values: object) -> str:
-    """Insert one ``requests`` row; ``values`` are its columns (``id`` is generated when absent)."""
-    values.setdefault("id", new_id("call"))
-    await conn.execute(insert(UpstreamCall).values(**values))
-    return str(values["id"])
-
-
 async def list_turns(conn: AsyncConnection, *, conversation_id: str) -> list:
     result = await conn.execute(
         select(Turn.id, Turn.seq, Turn.role, Turn.content, Turn.status, Turn.created_at)
@@ -171,13 +103,3 @@ async def totals_by_conversation(conn: AsyncConnection, *, conversation_ids: lis
         .group_by(UpstreamCall.conversation_id)
     )
     return {row[0]: Totals(*row[1:]) for row in result}
-
-
-async def turns_for_history(conn: AsyncConnection, *, conversation_id: str) -> list:
-    """(seq, role, status, content) of every turn, oldest first: the raw material of upstream history."""
-    result = await conn.execute(
-        select(Turn.seq, Turn.role, Turn.status, Turn.content)
-        .where(Turn.conversation_id == conversation_id)
-        .order_by(Turn.seq)
-    )
-    return list(result)

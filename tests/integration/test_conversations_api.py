@@ -11,7 +11,7 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from agent_server.db import repository
+from agent_server.db import writes
 from agent_server.db.engine import Database
 from agent_server.fake_upstream import Behaviour
 from tests.conftest import ALICE, BOB, auth
@@ -219,18 +219,20 @@ async def many_conversations(client, database_url) -> list[str]:
     db = Database(database_url)
     same = datetime(2026, 11, 23, 22, 30, 0, 123000)
     ids = []
+    def seed(conn) -> None:
+        for offset in (-2, -1):
+            ids.append(writes.create_conversation(
+                conn, owner="alice", model="claude-sonnet-5-5", system=None, now=same + timedelta(seconds=offset)
+            ))
+        for _ in range(5):
+            ids.append(writes.create_conversation(
+                conn, owner="alice", model="claude-sonnet-5-5", system=None, now=same
+            ))
+        for _ in range(2):
+            writes.create_conversation(conn, owner="bob", model="claude-sonnet-5-5", system=None, now=same)
+
     try:
-        async with db.write() as conn:
-            for offset in (-2, -1):
-                ids.append(await repository.create_conversation(
-                    conn, owner="alice", model="claude-sonnet-5-5", system=None, now=same + timedelta(seconds=offset)
-                ))
-            for _ in range(5):
-                ids.append(await repository.create_conversation(
-                    conn, owner="alice", model="claude-sonnet-5-5", system=None, now=same
-                ))
-            for _ in range(2):
-                await repository.create_conversation(conn, owner="bob", model="claude-sonnet-5-5", system=None, now=same)
+        await db.write(seed)
     finally:
         await db.dispose()
     return ids
@@ -303,12 +305,14 @@ async def test_limit_bounds_are_accepted(client, fake) -> None:
 
 async def test_default_limit_is_fifty(client, database_url) -> None:
     db = Database(database_url)
+    def seed(conn) -> None:
+        for _ in range(51):
+            writes.create_conversation(
+                conn, owner="alice", model="claude-sonnet-5-5", system=None, now=datetime(2026, 1, 1)
+            )
+
     try:
-        async with db.write() as conn:
-            for _ in range(51):
-                await repository.create_conversation(
-                    conn, owner="alice", model="claude-sonnet-5-5", system=None, now=datetime(2026, 1, 1)
-                )
+        await db.write(seed)
     finally:
         await db.dispose()
     page = await list_page(client)

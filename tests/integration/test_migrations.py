@@ -111,10 +111,14 @@ async def test_app_connections_use_wal_and_enforce_foreign_keys(database_url: st
             assert (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar() == "wal"
             assert (await conn.exec_driver_sql("PRAGMA foreign_keys")).scalar() == 1
             assert (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar() > 0
-        async with db.write() as conn:
-            assert (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar() == "wal"
-            assert (await conn.exec_driver_sql("PRAGMA foreign_keys")).scalar() == 1
-            assert (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar() > 0
+
+        def pragmas(conn) -> tuple:
+            return tuple(conn.exec_driver_sql(f"PRAGMA {name}").scalar()
+                         for name in ("journal_mode", "foreign_keys", "busy_timeout"))
+
+        journal_mode, foreign_keys, busy_timeout = await db.write(pragmas)
+        assert (journal_mode, foreign_keys) == ("wal", 1)
+        assert busy_timeout > 0
     finally:
         await db.dispose()
 
@@ -122,15 +126,17 @@ async def test_app_connections_use_wal_and_enforce_foreign_keys(database_url: st
 async def test_foreign_keys_are_enforced_on_writes(database_url: str) -> None:
     db = Database(database_url)
     try:
-        with pytest.raises(IntegrityError):
-            async with db.write() as conn:
-                await conn.execute(
-                    text(
-                        "INSERT INTO turns (id, conversation_id, seq, role, content, status, created_at, updated_at)"
-                        " VALUES ('turn_x', 'conv_missing', 1, 'user', 'hi', 'complete',"
-                        " '2026-01-01 00:00:00', '2026-01-01 00:00:00')"
-                    )
+        def orphan_turn(conn) -> None:
+            conn.execute(
+                text(
+                    "INSERT INTO turns (id, conversation_id, seq, role, content, status, created_at, updated_at)"
+                    " VALUES ('turn_x', 'conv_missing', 1, 'user', 'hi', 'complete',"
+                    " '2026-01-01 00:00:00', '2026-01-01 00:00:00')"
                 )
+            )
+
+        with pytest.raises(IntegrityError):
+            await db.write(orphan_turn)
         async with db.read() as conn:
             assert (await conn.execute(text("SELECT count(*) FROM turns"))).scalar() == 0
     finally:

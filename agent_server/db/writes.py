@@ -1,0 +1,98 @@
+"""Write-side repository functions: plain statements, no rules, run inside ``Database.write`` on the
+writer thread. Each takes the transaction's synchronous ``conn`` and keyword-only arguments.
+
+Statements are built once at import, so each call only binds parameters (SQLAlchemy caches the compiled
+form; building ``insert(Model).values(...)`` anew per call spent most of the writer's time compiling).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Connection, bindparam, insert, select, update
+
+from .models import Conversation, Turn, UpstreamCall, new_id
+
+LOCK_COLUMNS = (
+    Conversation.lock_token,
+    Conversation.lock_machine,
+    Conversation.lock_pid,
+    Conversation.lock_pid_started,
+    Conversation.lock_expires_at,
+)
+_INSERT_CONVERSATION = insert(Conversation)
+_INSERT_TURN = insert(Turn)
+_INSERT_CALL = insert(UpstreamCall)
+_CONVERSATION_FOR_REPLY = select(Conversation.model, Conversation.system, *LOCK_COLUMNS).where(
+    Conversation.id == bindparam("conversation_id"), Conversation.owner == bindparam("owner")
+)
+_TURNS_FOR_HISTORY = (
+    select(Turn.seq, Turn.role, Turn.status, Turn.content)
+    .where(Turn.conversation_id == bindparam("conversation_id"))
+    .order_by(Turn.seq)
+)
+
+
+def create_conversation(
+    conn: Connection, *, owner: str, model: str, system: str | None, now: datetime, **extra: object
+) -> str:
+    """Insert a conversation; ``extra`` sets further columns (the reply lock, taken at birth)."""
+    conversation_id = new_id("conv")
+    conn.execute(
+        _INSERT_CONVERSATION,
+        {"id": conversation_id, "owner": owner, "model": model, "system": system, "created_at": now,
+         "updated_at": now, **extra},
+    )
+    return conversation_id
+
+
+def conversation_for_reply(conn: Connection, *, conversation_id: str, owner: str):
+    """The conversation's model, system and reply-lock columns, if it belongs to ``owner``."""
+    return conn.execute(_CONVERSATION_FOR_REPLY, {"conversation_id": conversation_id, "owner": owner}).one_or_none()
+
+
+def turns_for_history(conn: Connection, *, conversation_id: str) -> list:
+    """(seq, role, status, content) of every turn, oldest first: the raw material of upstream history."""
+    return list(conn.execute(_TURNS_FOR_HISTORY, {"conversation_id": conversation_id}))
+
+
+def add_turn(
+    conn: Connection,
+    *,
+    conversation_id: str,
+    seq: int,
+    role: str,
+    content: str,
+    status: str,
+    now: datetime,
+    turn_id: str | None = None,
+) -> str:
+    turn_id = turn_id or new_id("turn")
+    conn.execute(
+        _INSERT_TURN,
+        {"id": turn_id, "conversation_id": conversation_id, "seq": seq, "role": role, "content": content,
+         "content_blocks": None, "status": status, "created_at": now, "updated_at": now},
+    )
+    return turn_id
+
+
+def add_upstream_call(conn: Connection, **values: object) -> str:
+    """Insert one ``requests`` row; ``values`` are its columns (``id`` is generated when absent)."""
+    values.setdefault("id", new_id("call"))
+    conn.execute(_INSERT_CALL, values)
+    return str(values["id"])
+
+
+def set_reply_lock(conn: Connection, *, conversation_id: str, values: dict) -> None:
+    conn.execute(update(Conversation).where(Conversation.id == conversation_id).values(**values))
+
+
+def clear_reply_lock(conn: Connection, *, conversation_id: str, token: str, values: dict) -> None:
+    conn.execute(
+        update(Conversation).where(Conversation.id == conversation_id, Conversation.lock_token == token)
+        .values(**values)
+    )
+
+
+def extend_reply_locks(conn: Connection, *, tokens: list[str], expires_at: datetime) -> None:
+    conn.execute(update(Conversation).where(Conversation.lock_token.in_(tokens)).values(lock_expires_at=expires_at))
