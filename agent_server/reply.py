@@ -254,4 +254,4 @@ def _store_outcome(conn, *, turn: dict | None, call: dict, lock_token: str, now)
     if turn is not None:
         writes.add_turn(conn, **turn)
     writes.add_upstream_call(conn, **call)
-    reply_lock.release(conn, conversation_id=call["conversation_id"], token=lock_token, touch=now)
+    reply_lock.release(conn, conversation_id=call["conversation_id"], token=lock_token, now=now)

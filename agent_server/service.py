@@ -128,7 +128,7 @@ class ConversationService:
         conversation_id, token = opening.result()[0], opening.result()[-1]
 
         async def release() -> None:
-            await self.db.write(reply_lock.release, conversation_id=conversation_id, token=token)
+            await self.db.write(reply_lock.release, conversation_id=conversation_id, token=token, now=utcnow())
 
         asyncio.ensure_future(release())
 

@@ -104,13 +104,9 @@ def claim(conn: Connection, *, conversation_id: str, token: str, holder: Holder,
     writes.set_reply_lock(conn, conversation_id=conversation_id, values=claim_values(token=token, holder=holder, now=now))
 
 
-def release(conn: Connection, *, conversation_id: str, token: str, touch: datetime | None = None) -> None:
-    """Free the lock if ``token`` still holds it; ``touch`` also sets the conversation's ``updated_at``."""
-    values: dict = {"lock_token": None, "lock_machine": None, "lock_pid": None, "lock_pid_started": None,
-                    "lock_expires_at": None}
-    if touch is not None:
-        values["updated_at"] = touch
-    writes.clear_reply_lock(conn, conversation_id=conversation_id, token=token, values=values)
+def release(conn: Connection, *, conversation_id: str, token: str, now: datetime) -> None:
+    """Free the lock if ``token`` still holds it, and mark the conversation updated at ``now``."""
+    writes.clear_reply_lock(conn, conversation_id=conversation_id, token=token, now=now)
 
 
 def renew(conn: Connection, *, tokens: list[str], now: datetime) -> None:

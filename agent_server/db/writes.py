@@ -83,16 +83,32 @@ def add_upstream_call(conn: Connection, **values: object) -> str:
     return str(values["id"])
 
 
+_SET_LOCK = (
+    update(Conversation)
+    .where(Conversation.id == bindparam("b_id"))
+    .values({column: bindparam(f"b_{column.key}") for column in LOCK_COLUMNS})
+)
+_CLEAR_LOCK = (
+    update(Conversation)
+    .where(Conversation.id == bindparam("b_id"), Conversation.lock_token == bindparam("b_token"))
+    .values({**{column: None for column in LOCK_COLUMNS}, Conversation.updated_at: bindparam("b_now")})
+)
+_EXTEND_LOCKS = (
+    update(Conversation)
+    .where(Conversation.lock_token.in_(bindparam("b_tokens", expanding=True)))
+    .values(lock_expires_at=bindparam("b_expires"))
+)
+
+
 def set_reply_lock(conn: Connection, *, conversation_id: str, values: dict) -> None:
-    conn.execute(update(Conversation).where(Conversation.id == conversation_id).values(**values))
+    """``values``: every ``lock_*`` column."""
+    conn.execute(_SET_LOCK, {"b_id": conversation_id, **{f"b_{key}": value for key, value in values.items()}})
 
 
-def clear_reply_lock(conn: Connection, *, conversation_id: str, token: str, values: dict) -> None:
-    conn.execute(
-        update(Conversation).where(Conversation.id == conversation_id, Conversation.lock_token == token)
-        .values(**values)
-    )
+def clear_reply_lock(conn: Connection, *, conversation_id: str, token: str, now: datetime) -> None:
+    """Unset the lock if ``token`` still holds it, and set ``updated_at``."""
+    conn.execute(_CLEAR_LOCK, {"b_id": conversation_id, "b_token": token, "b_now": now})
 
 
 def extend_reply_locks(conn: Connection, *, tokens: list[str], expires_at: datetime) -> None:
-    conn.execute(update(Conversation).where(Conversation.lock_token.in_(tokens)).values(lock_expires_at=expires_at))
+    conn.execute(_EXTEND_LOCKS, {"b_tokens": tokens, "b_expires": expires_at})
