@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import pytest
 
 from agent_server.config import Settings
 from agent_server.fake_upstream import FakeUpstream
