@@ -1,15 +1,18 @@
 """Write-side repository functions: plain statements, no rules, run inside ``Database.write`` on the
 writer thread. Each takes the transaction's synchronous ``conn`` and keyword-only arguments.
 
-Statements are built once at import, so each call only binds parameters (SQLAlchemy caches the compiled
-form; building ``insert(Model).values(...)`` anew per call spent most of the writer's time compiling).
+Statements are built with SQLAlchemy once, at import, and compiled to SQL text; the hot inserts and updates
+then run as plain driver statements (``exec_driver_sql``), which skips SQLAlchemy's per-call statement and
+type processing: a reply's two transactions went from ~360 to ~150 µs. Datetimes are therefore formatted
+here, exactly as SQLAlchemy's SQLite ``DateTime`` stores them, so reads through SQLAlchemy parse them back.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, null, select, update
+from sqlalchemy.dialects import sqlite
 
 from .models import Conversation, Turn, UpstreamCall, new_id
 
@@ -20,9 +23,23 @@ LOCK_COLUMNS = (
     Conversation.lock_pid_started,
     Conversation.lock_expires_at,
 )
-_INSERT_CONVERSATION = insert(Conversation)
-_INSERT_TURN = insert(Turn)
-_INSERT_CALL = insert(UpstreamCall)
+_DIALECT = sqlite.dialect(paramstyle="named")
+
+
+def _sql(statement) -> str:
+    return str(statement.compile(dialect=_DIALECT))
+
+
+def stored_time(value: datetime | None) -> str | None:
+    """A naive UTC datetime as SQLAlchemy's SQLite DateTime stores it (always with microseconds)."""
+    return None if value is None else value.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+_INSERT_CONVERSATION = _sql(insert(Conversation))
+_INSERT_TURN = _sql(insert(Turn))
+_INSERT_CALL = _sql(insert(UpstreamCall))
+_CONVERSATION_DEFAULTS = {column.key: None for column in Conversation.__table__.columns}
+_CALL_DEFAULTS = {column.key: None for column in UpstreamCall.__table__.columns}
 _CONVERSATION_FOR_REPLY = select(Conversation.model, Conversation.system, *LOCK_COLUMNS).where(
     Conversation.id == bindparam("conversation_id"), Conversation.owner == bindparam("owner")
 )
@@ -38,11 +55,10 @@ def create_conversation(
 ) -> str:
     """Insert a conversation; ``extra`` sets further columns (the reply lock, taken at birth)."""
     conversation_id = new_id("conv")
-    conn.execute(
-        _INSERT_CONVERSATION,
-        {"id": conversation_id, "owner": owner, "model": model, "system": system, "created_at": now,
-         "updated_at": now, **extra},
-    )
+    values = {**_CONVERSATION_DEFAULTS, "id": conversation_id, "owner": owner, "model": model, "system": system,
+              "created_at": stored_time(now), "updated_at": stored_time(now), **extra}
+    values["lock_expires_at"] = stored_time(values["lock_expires_at"])
+    conn.exec_driver_sql(_INSERT_CONVERSATION, values)
     return conversation_id
 
 
@@ -68,10 +84,11 @@ def add_turn(
     turn_id: str | None = None,
 ) -> str:
     turn_id = turn_id or new_id("turn")
-    conn.execute(
+    stamp = stored_time(now)
+    conn.exec_driver_sql(
         _INSERT_TURN,
         {"id": turn_id, "conversation_id": conversation_id, "seq": seq, "role": role, "content": content,
-         "content_blocks": None, "status": status, "created_at": now, "updated_at": now},
+         "content_blocks": None, "status": status, "created_at": stamp, "updated_at": stamp},
     )
     return turn_id
 
@@ -79,7 +96,8 @@ def add_turn(
 def add_upstream_call(conn: Connection, **values: object) -> str:
     """Insert one ``requests`` row; ``values`` are its columns (``id`` is generated when absent)."""
     values.setdefault("id", new_id("call"))
-    conn.execute(_INSERT_CALL, values)
+    row = {**_CALL_DEFAULTS, **values, "created_at": stored_time(values["created_at"])}  # type: ignore[arg-type]
+    conn.exec_driver_sql(_INSERT_CALL, row)
     return str(values["id"])
 
 
@@ -88,10 +106,10 @@ _SET_LOCK = (
     .where(Conversation.id == bindparam("b_id"))
     .values({column: bindparam(f"b_{column.key}") for column in LOCK_COLUMNS})
 )
-_CLEAR_LOCK = (
+_CLEAR_LOCK = _sql(
     update(Conversation)
     .where(Conversation.id == bindparam("b_id"), Conversation.lock_token == bindparam("b_token"))
-    .values({**{column: None for column in LOCK_COLUMNS}, Conversation.updated_at: bindparam("b_now")})
+    .values({**{column: null() for column in LOCK_COLUMNS}, Conversation.updated_at: bindparam("b_now")})
 )
 _EXTEND_LOCKS = (
     update(Conversation)
@@ -107,7 +125,7 @@ def set_reply_lock(conn: Connection, *, conversation_id: str, values: dict) -> N
 
 def clear_reply_lock(conn: Connection, *, conversation_id: str, token: str, now: datetime) -> None:
     """Unset the lock if ``token`` still holds it, and set ``updated_at``."""
-    conn.execute(_CLEAR_LOCK, {"b_id": conversation_id, "b_token": token, "b_now": now})
+    conn.exec_driver_sql(_CLEAR_LOCK, {"b_id": conversation_id, "b_token": token, "b_now": stored_time(now)})
 
 
 def extend_reply_locks(conn: Connection, *, tokens: list[str], expires_at: datetime) -> None:
