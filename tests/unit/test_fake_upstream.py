@@ -6,7 +6,7 @@ import asyncio
 import re
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 import anthropic
 import httpx
@@ -20,16 +20,7 @@ MODEL = "claude-sonnet-5-5"
 HELLO = [{"role": "user", "content": "hello there"}]
 
 
-@pytest.fixture(scope="module")
-def _server() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(_server: FakeUpstream) -> FakeUpstream:
-    _server.reset()
-    return _server
+# `fake` (the shared fake upstream, reset for each test) comes from tests/conftest.py.
 
 
 @pytest.fixture
