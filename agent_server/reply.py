@@ -33,6 +33,10 @@ from .pricing import PriceTable, Usage, to_nano
 
 log = logging.getLogger(__name__)
 
+# While a reply streams, its partial text is written (as an ``incomplete`` turn) at most this often, so a
+# process killed outright (kill -9, out of memory) keeps what its clients were shown, up to this lag.
+CHECKPOINT_SECONDS = 1.0
+
 
 @dataclass(frozen=True)
 class ReplyOutcome:
@@ -80,6 +84,7 @@ class Reply:
         self._on_finished = on_finished
         self._metrics = metrics
         self._consumer: asyncio.Task | None = None
+        self._next_checkpoint = 0.0
         self._interrupted = False
 
     @property
@@ -116,11 +121,16 @@ class Reply:
         """
         self._consumer = asyncio.current_task()
         tokens = self._claude.stream(self._upstream, self.stats)
+        loop = asyncio.get_running_loop()
+        self._next_checkpoint = loop.time() + CHECKPOINT_SECONDS
         try:
             try:
                 async for text in tokens:
                     # Stored before it is sent: better to keep a token the client missed than lose one it saw.
                     self._parts.append(text)
+                    if loop.time() >= self._next_checkpoint:
+                        self._checkpoint()
+                        self._next_checkpoint = loop.time() + CHECKPOINT_SECONDS
                     await on_token(text)
             finally:
                 await tokens.aclose()
@@ -136,6 +146,14 @@ class Reply:
         finally:
             self._consumer = None
         return await self._finish(turn_status="complete", call_status="ok", error_type=None)
+
+    def _checkpoint(self) -> None:
+        """Queue a write of the partial text; the writer runs transactions in order, so the final one wins."""
+        future = self._db.submit_write(
+            writes.save_turn, conversation_id=self.conversation_id, seq=self._seq + 1, role="assistant",
+            content=self.partial_text, status="incomplete", now=utcnow(), turn_id=self.turn_id,
+        )
+        future.add_done_callback(_log_failed_checkpoint)
 
     async def _after_cancel(self) -> None:
         """Store the partial turn; when the cancel was our own ``interrupt()``, turn it into ShuttingDown."""
@@ -252,6 +270,11 @@ class Reply:
 def _store_outcome(conn, *, turn: dict | None, call: dict, lock_token: str, now) -> None:
     """The transaction that ends a reply (on the writer thread): its turn, its request row, the lock."""
     if turn is not None:
-        writes.add_turn(conn, **turn)
+        writes.save_turn(conn, **turn)
     writes.add_upstream_call(conn, **call)
     reply_lock.release(conn, conversation_id=call["conversation_id"], token=lock_token, now=now)
+
+
+def _log_failed_checkpoint(future: asyncio.Future) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("could not checkpoint a partial reply: %s", type(future.exception()).__name__)

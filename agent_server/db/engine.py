@@ -102,6 +102,10 @@ class Database:
             async with conn.begin():
                 yield conn
 
+    def submit_write(self, transaction: Callable[..., T], /, **kwargs: object) -> asyncio.Future[T]:
+        """Queue a write transaction now (order of submission is order of execution) and return its future."""
+        return asyncio.get_running_loop().run_in_executor(self._writer, self._run, transaction, kwargs)
+
     async def write(self, transaction: Callable[..., T], /, **kwargs: object) -> T:
         """Run ``transaction(conn, **kwargs)`` in one write transaction on the writer thread; commit on
         return, roll back if it raises (its exception is re-raised here).
@@ -109,8 +113,7 @@ class Database:
         Once started, a transaction runs to its end even if the awaiting task is cancelled: callers that
         must react to a cancelled write (e.g. release a lock it took) shield it and check the outcome.
         """
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._writer, self._run, transaction, kwargs)
+        return await self.submit_write(transaction, **kwargs)
 
     def _run(self, transaction: Callable[..., T], kwargs: dict) -> T:
         started = time.perf_counter()

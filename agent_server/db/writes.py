@@ -38,6 +38,13 @@ def stored_time(value: datetime | None) -> str | None:
 _INSERT_CONVERSATION = _sql(insert(Conversation))
 _INSERT_TURN = _sql(insert(Turn))
 _INSERT_CALL = _sql(insert(UpstreamCall))
+_UPSERT_TURN = _sql(
+    sqlite.insert(Turn).on_conflict_do_update(
+        index_elements=[Turn.id],
+        set_={"content": sqlite.insert(Turn).excluded.content, "status": sqlite.insert(Turn).excluded.status,
+              "updated_at": sqlite.insert(Turn).excluded.updated_at},
+    )
+)
 _CONVERSATION_DEFAULTS = {column.key: None for column in Conversation.__table__.columns}
 _CALL_DEFAULTS = {column.key: None for column in UpstreamCall.__table__.columns}
 _CONVERSATION_FOR_REPLY = select(Conversation.model, Conversation.system, *LOCK_COLUMNS).where(
@@ -87,6 +94,20 @@ def add_turn(
     stamp = stored_time(now)
     conn.exec_driver_sql(
         _INSERT_TURN,
+        {"id": turn_id, "conversation_id": conversation_id, "seq": seq, "role": role, "content": content,
+         "content_blocks": None, "status": status, "created_at": stamp, "updated_at": stamp},
+    )
+    return turn_id
+
+
+def save_turn(
+    conn: Connection, *, conversation_id: str, seq: int, role: str, content: str, status: str, now: datetime,
+    turn_id: str,
+) -> str:
+    """Insert the turn, or update its content and status if a checkpoint stored it already."""
+    stamp = stored_time(now)
+    conn.exec_driver_sql(
+        _UPSERT_TURN,
         {"id": turn_id, "conversation_id": conversation_id, "seq": seq, "role": role, "content": content,
          "content_blocks": None, "status": status, "created_at": stamp, "updated_at": stamp},
     )
