@@ -226,7 +226,7 @@ def _begin_reply(
         turns = writes.turns_for_history(conn, conversation_id=conversation_id)
         seq = turns[-1].seq + 1 if turns else 1
         history = [(t.seq, t.role, t.content) for t in turns if t.status == "complete"]
-    prompt_turn_id = writes.add_turn(
+    prompt_turn_id = writes.save_turn(
         conn, conversation_id=conversation_id, seq=seq, role="user", content=params.message, status="complete",
         now=now,
     )

@@ -36,7 +36,6 @@ def stored_time(value: datetime | None) -> str | None:
 
 
 _INSERT_CONVERSATION = _sql(insert(Conversation))
-_INSERT_TURN = _sql(insert(Turn))
 _INSERT_CALL = _sql(insert(UpstreamCall))
 _UPSERT_TURN = _sql(
     sqlite.insert(Turn).on_conflict_do_update(
@@ -79,7 +78,7 @@ def turns_for_history(conn: Connection, *, conversation_id: str) -> list:
     return list(conn.execute(_TURNS_FOR_HISTORY, {"conversation_id": conversation_id}))
 
 
-def add_turn(
+def save_turn(
     conn: Connection,
     *,
     conversation_id: str,
@@ -90,21 +89,9 @@ def add_turn(
     now: datetime,
     turn_id: str | None = None,
 ) -> str:
+    """Insert a turn (a new id when none is given), or update the content and status of one a checkpoint
+    stored already."""
     turn_id = turn_id or new_id("turn")
-    stamp = stored_time(now)
-    conn.exec_driver_sql(
-        _INSERT_TURN,
-        {"id": turn_id, "conversation_id": conversation_id, "seq": seq, "role": role, "content": content,
-         "content_blocks": None, "status": status, "created_at": stamp, "updated_at": stamp},
-    )
-    return turn_id
-
-
-def save_turn(
-    conn: Connection, *, conversation_id: str, seq: int, role: str, content: str, status: str, now: datetime,
-    turn_id: str,
-) -> str:
-    """Insert the turn, or update its content and status if a checkpoint stored it already."""
     stamp = stored_time(now)
     conn.exec_driver_sql(
         _UPSERT_TURN,
