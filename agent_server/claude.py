@@ -1,8 +1,9 @@
 """The only module that talks to the anthropic SDK: one client per process, errors mapped to ours.
 
-Failures are mapped by what they are, not by exception class: an ``event: error`` inside a 200 stream
-arrives as a bare ``APIStatusError`` with ``status_code == 200`` and the real kind in ``.type``; a
-connection dropped mid-stream is an ``httpx2`` transport error, not an anthropic one.
+Streamed replies: the SDK makes the request and ``upstream_events`` reads the response's events (see
+there why). Failures are mapped by their kind (``error.type``), not by exception class or status: an
+``event: error`` inside a 200 stream carries the real kind; a connection dropped mid-stream is an
+``httpx2`` transport error, not an anthropic one; a stream that ends before ``message_stop`` is a failure.
 
 The SDK retries 408/409/429/5xx and connection errors before a response starts, honouring any
 ``retry-after`` with no cap, so the whole call (its retries included) is bounded by our own deadline.
@@ -23,6 +24,7 @@ import httpx2
 from . import errors
 from .fake_upstream.stub_transport import OfflineStubTransport
 from .pricing import Usage
+from .upstream_events import ErrorEvent, EventDecoder, MessageState, UnreadableEvent, text_deltas
 
 log = logging.getLogger(__name__)
 
@@ -85,21 +87,12 @@ def map_error(exc: BaseException) -> errors.AgentError:
     """Our error for any failure of an upstream call."""
     if isinstance(exc, errors.AgentError):
         return exc
+    if isinstance(exc, ErrorEvent):
+        return _map_kind(exc.kind, None, exc.message, retry_after=1)
+    if isinstance(exc, UnreadableEvent):
+        return errors.UpstreamFailed("The model provider sent a response that could not be read.")
     if isinstance(exc, anthropic.APIStatusError):
-        kind, status = exc.type, exc.status_code
-        if kind in ("overloaded_error", "rate_limit_error") or status in (429, 529):
-            return errors.UpstreamOverloaded(
-                "The model is overloaded or rate-limited upstream; try again shortly.", retry_after=_retry_after(exc)
-            )
-        if kind in ("invalid_request_error", "request_too_large") or status in (400, 413, 422):
-            detail = (exc.api_message or "").strip()[:300]
-            return errors.UpstreamInvalidRequest(f"The model rejected the request: {detail or 'invalid request'}")
-        if kind == "timeout_error" or status in (408, 504):
-            return errors.UpstreamTimeout("The model did not answer in time.")
-        if kind in ("authentication_error", "permission_error") or status in (401, 403):
-            log.error("upstream refused the server's credentials (%s)", kind or status)
-            return errors.UpstreamFailed("The server could not authenticate with the model provider.")
-        return errors.UpstreamFailed(f"The model provider failed ({kind or status}).")
+        return _map_kind(exc.type, exc.status_code, exc.api_message, retry_after=_retry_after(exc))
     if isinstance(exc, (anthropic.APITimeoutError, httpx2.TimeoutException, TimeoutError)):
         return errors.UpstreamTimeout("The model did not answer in time.")
     if isinstance(exc, (anthropic.APIConnectionError, httpx2.TransportError)):
@@ -107,6 +100,23 @@ def map_error(exc: BaseException) -> errors.AgentError:
     if isinstance(exc, anthropic.APIResponseValidationError):
         return errors.UpstreamFailed("The model provider sent a response that could not be read.")
     raise exc
+
+
+def _map_kind(kind: str | None, status: int | None, message: str | None, *, retry_after: int) -> errors.AgentError:
+    """Our error for an upstream error of type ``kind`` (status errors and ``event: error`` alike)."""
+    if kind in ("overloaded_error", "rate_limit_error") or status in (429, 529):
+        return errors.UpstreamOverloaded(
+            "The model is overloaded or rate-limited upstream; try again shortly.", retry_after=retry_after
+        )
+    if kind in ("invalid_request_error", "request_too_large") or status in (400, 413, 422):
+        detail = (message or "").strip()[:300]
+        return errors.UpstreamInvalidRequest(f"The model rejected the request: {detail or 'invalid request'}")
+    if kind == "timeout_error" or status in (408, 504):
+        return errors.UpstreamTimeout("The model did not answer in time.")
+    if kind in ("authentication_error", "permission_error") or status in (401, 403):
+        log.error("upstream refused the server's credentials (%s)", kind or status)
+        return errors.UpstreamFailed("The server could not authenticate with the model provider.")
+    return errors.UpstreamFailed(f"The model provider failed ({kind or status}).")
 
 
 async def _count_attempt(_request: httpx2.Request) -> None:
@@ -186,47 +196,48 @@ class Claude:
                     sent_text = True
                     yield text
                 return
-            except anthropic.APIStatusError as exc:
-                retryable = exc.status_code == 200 and exc.type == "overloaded_error"
-                if sent_text or not retryable or retry_delay is None:
-                    _record_failure(stats, exc)
+            except ErrorEvent as exc:
+                if sent_text or exc.kind != "overloaded_error" or retry_delay is None:
                     raise map_error(exc) from exc
                 log.info("upstream overloaded before the first token; retrying in %.1fs", retry_delay)
                 await asyncio.sleep(min(retry_delay, max(deadline - asyncio.get_running_loop().time(), 0)))
-            except (anthropic.APIError, httpx2.TransportError, TimeoutError) as exc:
+            except (anthropic.APIError, httpx2.TransportError, TimeoutError, UnreadableEvent) as exc:
                 _record_failure(stats, exc)
                 raise map_error(exc) from exc
             finally:
                 stats.finished = time.perf_counter()
 
     async def _stream_once(self, request: UpstreamRequest, stats: CallStats, deadline: float) -> AsyncIterator[str]:
+        """One streamed attempt: the SDK makes the request, ``upstream_events`` reads the events."""
         token = _current_call.set(stats)
         try:
             async with asyncio.timeout_at(deadline):
-                manager = self._client.messages.stream(**self._arguments(request))
-                stream = await manager.__aenter__()
+                manager = self._client.messages.with_streaming_response.create(
+                    **self._arguments(request), stream=True
+                )
+                response = await manager.__aenter__()
         finally:
             _current_call.reset(token)
-        stats.request_id = stream.request_id
+        stats.request_id = response.request_id
+        decoder, state = EventDecoder(), MessageState()
         loop = asyncio.get_running_loop()
         try:
-            # No timeout context per token (it showed in the fan-out profile): a stalled stream is ended by the
+            # No timeout context per chunk (it showed in the fan-out profile): a stalled stream is ended by the
             # HTTP read timeout, a slow-dripping one by this check. Worst case: deadline + one read timeout.
-            async for text in stream.text_stream:
+            async for chunk in response.http_response.aiter_bytes():
                 if loop.time() > deadline:
                     raise TimeoutError("upstream deadline passed mid-stream")
-                if stats.ttft_ms is None:
-                    stats.ttft_ms = round((time.perf_counter() - stats.started) * 1000)
-                yield text
-            final = await stream.get_final_message()
-            stats.model = final.model
-            stats.stop_reason = final.stop_reason
-            stats.usage = usage_from_sdk(final.usage)
+                for text in text_deltas(decoder, state, chunk):
+                    if stats.ttft_ms is None:
+                        stats.ttft_ms = round((time.perf_counter() - stats.started) * 1000)
+                    yield text
+            if not state.stopped:
+                raise UnreadableEvent("the stream ended before message_stop")
+            stats.stop_reason = state.stop_reason
         finally:
-            # Cancelled or failed: keep the usage known so far (input tokens from message_start).
-            snapshot = stream._current_snapshot_or_none()
-            if stats.stop_reason is None and snapshot is not None:
-                stats.usage = usage_from_sdk(snapshot.usage)
+            # Finished, cancelled or failed: keep the usage known so far (input tokens from message_start).
+            stats.model = state.model or stats.model
+            stats.usage = state.usage_record()
             await manager.__aexit__(None, None, None)
 
 

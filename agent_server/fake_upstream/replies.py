@@ -124,6 +124,10 @@ class StreamedReply:
         if behaviour.drop_after_tokens is not None and min(behaviour.drop_after_tokens, last) == index:
             self.recorder.finish_stream(record, "dropped")
             raise DroppedConnection(self.reply.request_id)
+        if behaviour.end_after_tokens is not None and min(behaviour.end_after_tokens, last) == index:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            self.recorder.finish_stream(record, "ended early")
+            return True
         return False
 
 

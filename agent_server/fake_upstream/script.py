@@ -37,11 +37,13 @@ class Behaviour(BaseModel):
     # Timing in seconds: message_start goes out at once, the first delta after `ttft`.
     ttft: float | None = Field(default=None, ge=0)
     token_delay: float | None = Field(default=None, ge=0)
-    # Faults after k text deltas: an `event: error`, or a connection cut mid chunked body.
+    # Faults after k text deltas: an `event: error`, a connection cut mid chunked body, or a clean early end.
     error_after_tokens: int | None = Field(default=None, ge=0)
     error_type: str | None = None
     error_message: str | None = None
     drop_after_tokens: int | None = Field(default=None, ge=0)
+    # The body ends cleanly after k text deltas, without message_delta/message_stop (a proxy cutting it short).
+    end_after_tokens: int | None = Field(default=None, ge=0)
     # Accept the request and never answer until the client goes away.
     hang: bool = False
     usage: dict[str, Any] | None = None

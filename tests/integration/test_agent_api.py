@@ -706,6 +706,21 @@ async def test_dropped_connection_mid_stream_keeps_the_text(client, fake) -> Non
     assert conversation["requests"][0]["status"] == "error"
 
 
+
+async def test_stream_that_ends_before_message_stop_is_a_failure_not_a_reply(client, fake) -> None:
+    """A body that ends cleanly but early (a proxy cutting it short) must not pass for a finished reply."""
+    usage = {"input_tokens": 9, "output_tokens": 3}
+    fake.script(Behaviour(tokens=["one ", "two ", "three"], end_after_tokens=2, usage=usage))
+    response = await client.post("/agent/stream", json={"message": "Hi"})
+    events = sse_events(response.text)
+    assert [name for name, _ in events] == ["start", "token", "token", "error"]
+    assert events[-1][1]["error"]["type"] == "upstream_error"
+    conversation = await audit(client, events[0][1]["conversation_id"])
+    assert [(t["content"], t["status"]) for t in conversation["turns"]][1] == ("one two ", "failed")
+    [row] = conversation["requests"]
+    assert (row["status"], row["stop_reason"]) == ("error", None)
+    assert row["input_tokens"] == 9  # from message_start: still accounted for
+
 # -- load ------------------------------------------------------------------------------------------
 
 
