@@ -14,6 +14,7 @@ Reads use async aiosqlite connections and, in WAL mode, never wait for the write
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,11 +22,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
-from sqlalchemy import Connection, Engine, event
-from sqlalchemy import create_engine as create_sync_engine
+from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool, StaticPool
+from sqlalchemy.pool import NullPool
 
 BUSY_TIMEOUT_MS = 5000
 PRAGMAS = (
@@ -76,13 +76,13 @@ def create_engine(
     return engine
 
 
-def create_writer_engine(database_url: str) -> Engine:
-    """The synchronous engine of the writer thread: one connection, always used from that one thread."""
+def open_writer(database_url: str) -> sqlite3.Connection:
+    """The writer's ``sqlite3`` connection: autocommit mode (transactions are ours), the same pragmas."""
     ensure_parent_folder(database_url)
-    url = make_url(database_url).set(drivername="sqlite")
-    engine = create_sync_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
-    _install_pragmas(engine, "BEGIN IMMEDIATE", foreign_keys=True)
-    return engine
+    conn = sqlite3.connect(make_url(database_url).database, isolation_level=None, check_same_thread=False)
+    for pragma in (*PRAGMAS, "PRAGMA foreign_keys=ON"):
+        conn.execute(pragma)
+    return conn
 
 
 class Database:
@@ -91,7 +91,7 @@ class Database:
     def __init__(self, database_url: str, *, readers: int = 4, on_write: Callable[[float], None] | None = None):
         self.url = database_url
         self.reader = create_engine(database_url, begin="BEGIN", pool_size=readers)
-        self._writer_engine = create_writer_engine(database_url)
+        self._writer_conn = open_writer(database_url)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
         self._on_write = on_write
 
@@ -117,17 +117,24 @@ class Database:
 
     def _run(self, transaction: Callable[..., T], kwargs: dict) -> T:
         started = time.perf_counter()
-        with self._writer_engine.begin() as conn:
+        conn = self._writer_conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
             result = transaction(conn, **kwargs)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
         if self._on_write is not None:
             self._on_write(time.perf_counter() - started)
         return result
 
     async def dispose(self) -> None:
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._writer, self._writer_engine.dispose)
+        await loop.run_in_executor(self._writer, self._writer_conn.close)
         self._writer.shutdown(wait=True)
         await self.reader.dispose()
 
 
-__all__ = ["Connection", "Database", "create_engine", "create_writer_engine", "ensure_parent_folder"]
+__all__ = ["Database", "create_engine", "ensure_parent_folder", "open_writer"]

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 
-from sqlalchemy import Connection
+from sqlite3 import Connection
 
 from . import writes
 

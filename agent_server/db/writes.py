@@ -1,17 +1,20 @@
-"""Write-side repository functions: plain statements, no rules, run inside ``Database.write`` on the
-writer thread. Each takes the transaction's synchronous ``conn`` and keyword-only arguments.
+"""Write-side repository functions: plain statements, no rules, run inside ``Database.write``. Each takes
+the transaction's ``sqlite3`` connection and keyword-only arguments.
 
-Statements are built with SQLAlchemy once, at import, and compiled to SQL text; the hot inserts and updates
-then run as plain driver statements (``exec_driver_sql``), which skips SQLAlchemy's per-call statement and
-type processing: a reply's two transactions went from ~360 to ~150 µs. Datetimes are therefore formatted
-here, exactly as SQLAlchemy's SQLite ``DateTime`` stores them, so reads through SQLAlchemy parse them back.
+Statements are built with SQLAlchemy once, at import (so they follow the mapped tables), and compiled to
+SQL text that the ``sqlite3`` driver runs directly: SQLAlchemy's per-call connection, statement and type
+processing cost more than SQLite itself on these one-row statements (a reply's opening transaction:
+~150 µs through a SQLAlchemy ``Connection``, ~75 µs on the driver). Datetimes are therefore formatted and
+parsed here, exactly as SQLAlchemy's SQLite ``DateTime`` stores them, so reads through SQLAlchemy agree.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from sqlite3 import Connection
+from typing import NamedTuple
 
-from sqlalchemy import Connection, bindparam, insert, null, select, update
+from sqlalchemy import bindparam, insert, null, select, update
 from sqlalchemy.dialects import sqlite
 
 from .models import Conversation, Turn, UpstreamCall, new_id
@@ -35,6 +38,29 @@ def stored_time(value: datetime | None) -> str | None:
     return None if value is None else value.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
+def parse_stored_time(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+class StoredConversation(NamedTuple):
+    """What opening a reply needs of a conversation: its model, system and reply-lock columns."""
+
+    model: str
+    system: str | None
+    lock_token: str | None
+    lock_machine: str | None
+    lock_pid: int | None
+    lock_pid_started: str | None
+    lock_expires_at: datetime | None
+
+
+class HistoryTurn(NamedTuple):
+    seq: int
+    role: str
+    status: str
+    content: str
+
+
 _INSERT_CONVERSATION = _sql(insert(Conversation))
 _INSERT_CALL = _sql(insert(UpstreamCall))
 _UPSERT_TURN = _sql(
@@ -46,10 +72,10 @@ _UPSERT_TURN = _sql(
 )
 _CONVERSATION_DEFAULTS = {column.key: None for column in Conversation.__table__.columns}
 _CALL_DEFAULTS = {column.key: None for column in UpstreamCall.__table__.columns}
-_CONVERSATION_FOR_REPLY = select(Conversation.model, Conversation.system, *LOCK_COLUMNS).where(
+_CONVERSATION_FOR_REPLY = _sql(select(Conversation.model, Conversation.system, *LOCK_COLUMNS).where(
     Conversation.id == bindparam("conversation_id"), Conversation.owner == bindparam("owner")
-)
-_TURNS_FOR_HISTORY = (
+))
+_TURNS_FOR_HISTORY = _sql(
     select(Turn.seq, Turn.role, Turn.status, Turn.content)
     .where(Turn.conversation_id == bindparam("conversation_id"))
     .order_by(Turn.seq)
@@ -64,18 +90,21 @@ def create_conversation(
     values = {**_CONVERSATION_DEFAULTS, "id": conversation_id, "owner": owner, "model": model, "system": system,
               "created_at": stored_time(now), "updated_at": stored_time(now), **extra}
     values["lock_expires_at"] = stored_time(values["lock_expires_at"])
-    conn.exec_driver_sql(_INSERT_CONVERSATION, values)
+    conn.execute(_INSERT_CONVERSATION, values)
     return conversation_id
 
 
-def conversation_for_reply(conn: Connection, *, conversation_id: str, owner: str):
+def conversation_for_reply(conn: Connection, *, conversation_id: str, owner: str) -> StoredConversation | None:
     """The conversation's model, system and reply-lock columns, if it belongs to ``owner``."""
-    return conn.execute(_CONVERSATION_FOR_REPLY, {"conversation_id": conversation_id, "owner": owner}).one_or_none()
+    row = conn.execute(_CONVERSATION_FOR_REPLY, {"conversation_id": conversation_id, "owner": owner}).fetchone()
+    if row is None:
+        return None
+    return StoredConversation(*row[:-1], lock_expires_at=parse_stored_time(row[-1]))
 
 
-def turns_for_history(conn: Connection, *, conversation_id: str) -> list:
-    """(seq, role, status, content) of every turn, oldest first: the raw material of upstream history."""
-    return list(conn.execute(_TURNS_FOR_HISTORY, {"conversation_id": conversation_id}))
+def turns_for_history(conn: Connection, *, conversation_id: str) -> list[HistoryTurn]:
+    """Every turn, oldest first: the raw material of upstream history."""
+    return list(map(HistoryTurn._make, conn.execute(_TURNS_FOR_HISTORY, {"conversation_id": conversation_id})))
 
 
 def save_turn(
@@ -93,7 +122,7 @@ def save_turn(
     stored already."""
     turn_id = turn_id or new_id("turn")
     stamp = stored_time(now)
-    conn.exec_driver_sql(
+    conn.execute(
         _UPSERT_TURN,
         {"id": turn_id, "conversation_id": conversation_id, "seq": seq, "role": role, "content": content,
          "content_blocks": None, "status": status, "created_at": stamp, "updated_at": stamp},
@@ -105,11 +134,11 @@ def add_upstream_call(conn: Connection, **values: object) -> str:
     """Insert one ``requests`` row; ``values`` are its columns (``id`` is generated when absent)."""
     values.setdefault("id", new_id("call"))
     row = {**_CALL_DEFAULTS, **values, "created_at": stored_time(values["created_at"])}  # type: ignore[arg-type]
-    conn.exec_driver_sql(_INSERT_CALL, row)
+    conn.execute(_INSERT_CALL, row)
     return str(values["id"])
 
 
-_SET_LOCK = (
+_SET_LOCK = _sql(
     update(Conversation)
     .where(Conversation.id == bindparam("b_id"))
     .values({column: bindparam(f"b_{column.key}") for column in LOCK_COLUMNS})
@@ -119,22 +148,25 @@ _CLEAR_LOCK = _sql(
     .where(Conversation.id == bindparam("b_id"), Conversation.lock_token == bindparam("b_token"))
     .values({**{column: null() for column in LOCK_COLUMNS}, Conversation.updated_at: bindparam("b_now")})
 )
-_EXTEND_LOCKS = (
+_EXTEND_LOCK = _sql(
     update(Conversation)
-    .where(Conversation.lock_token.in_(bindparam("b_tokens", expanding=True)))
+    .where(Conversation.lock_token == bindparam("b_token"))
     .values(lock_expires_at=bindparam("b_expires"))
 )
 
 
 def set_reply_lock(conn: Connection, *, conversation_id: str, values: dict) -> None:
     """``values``: every ``lock_*`` column."""
-    conn.execute(_SET_LOCK, {"b_id": conversation_id, **{f"b_{key}": value for key, value in values.items()}})
+    params = {"b_id": conversation_id, **{f"b_{key}": value for key, value in values.items()}}
+    params["b_lock_expires_at"] = stored_time(params["b_lock_expires_at"])
+    conn.execute(_SET_LOCK, params)
 
 
 def clear_reply_lock(conn: Connection, *, conversation_id: str, token: str, now: datetime) -> None:
     """Unset the lock if ``token`` still holds it, and set ``updated_at``."""
-    conn.exec_driver_sql(_CLEAR_LOCK, {"b_id": conversation_id, "b_token": token, "b_now": stored_time(now)})
+    conn.execute(_CLEAR_LOCK, {"b_id": conversation_id, "b_token": token, "b_now": stored_time(now)})
 
 
 def extend_reply_locks(conn: Connection, *, tokens: list[str], expires_at: datetime) -> None:
-    conn.execute(_EXTEND_LOCKS, {"b_tokens": tokens, "b_expires": expires_at})
+    expires = stored_time(expires_at)
+    conn.executemany(_EXTEND_LOCK, [{"b_token": token, "b_expires": expires} for token in tokens])

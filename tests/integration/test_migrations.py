@@ -13,7 +13,6 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, text
-from sqlalchemy.exc import IntegrityError
 
 from agent_server.db.engine import Database
 from agent_server.db.migrations import alembic_config, head_revision, upgrade_to_head
@@ -113,7 +112,7 @@ async def test_app_connections_use_wal_and_enforce_foreign_keys(database_url: st
             assert (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar() > 0
 
         def pragmas(conn) -> tuple:
-            return tuple(conn.exec_driver_sql(f"PRAGMA {name}").scalar()
+            return tuple(conn.execute(f"PRAGMA {name}").fetchone()[0]
                          for name in ("journal_mode", "foreign_keys", "busy_timeout"))
 
         journal_mode, foreign_keys, busy_timeout = await db.write(pragmas)
@@ -128,14 +127,12 @@ async def test_foreign_keys_are_enforced_on_writes(database_url: str) -> None:
     try:
         def orphan_turn(conn) -> None:
             conn.execute(
-                text(
-                    "INSERT INTO turns (id, conversation_id, seq, role, content, status, created_at, updated_at)"
-                    " VALUES ('turn_x', 'conv_missing', 1, 'user', 'hi', 'complete',"
-                    " '2026-01-01 00:00:00', '2026-01-01 00:00:00')"
-                )
+                "INSERT INTO turns (id, conversation_id, seq, role, content, status, created_at, updated_at)"
+                " VALUES ('turn_x', 'conv_missing', 1, 'user', 'hi', 'complete',"
+                " '2026-01-01 00:00:00', '2026-01-01 00:00:00')"
             )
 
-        with pytest.raises(IntegrityError):
+        with pytest.raises(sqlite3.IntegrityError):
             await db.write(orphan_turn)
         async with db.read() as conn:
             assert (await conn.execute(text("SELECT count(*) FROM turns"))).scalar() == 0

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
+from agent_server.db import reply_lock, writes
+from agent_server.db.engine import Database
 from agent_server.db.reply_lock import this_machine
 from tests.conftest import ALICE
 
@@ -148,3 +150,25 @@ async def test_a_conflict_does_not_disturb_the_holder(client, fake, database_url
     before = lock_columns(database_url, conversation_id)
     assert_conflict(await client.post("/agent", json={"message": "x", "conversation_id": conversation_id}))
     assert lock_columns(database_url, conversation_id) == before
+
+
+async def test_renewing_pushes_back_only_the_given_locks(database_url):
+    """What ``keep_locks_alive`` runs every few seconds for the replies this process is generating."""
+    db = Database(database_url)
+    holder = reply_lock.this_process()
+    taken = now()
+
+    def two_locked_conversations(conn) -> list[str]:
+        return [writes.create_conversation(conn, owner="alice", model="m", system=None, now=taken,
+                                           **reply_lock.claim_values(token=token, holder=holder, now=taken))
+                for token in ("token-renewed", "token-left-as-is")]
+
+    try:
+        renewed, untouched = await db.write(two_locked_conversations)
+        later = taken + timedelta(seconds=20)
+        await db.write(reply_lock.renew, tokens=["token-renewed", "no-such-token"], now=later)
+    finally:
+        await db.dispose()
+    expiry = {cid: lock_columns(database_url, cid)[4] for cid in (renewed, untouched)}
+    assert expiry[renewed] == writes.stored_time(later + reply_lock.LOCK_TTL)
+    assert expiry[untouched] == writes.stored_time(taken + reply_lock.LOCK_TTL)
