@@ -94,10 +94,10 @@ class ConversationService:
         model = params.model
         if model is not None and model not in self.prices:
             raise errors.ValidationFailed(f"Unknown model {model!r}.")
-        opening = asyncio.ensure_future(self.db.write(
+        opening = self.db.submit_write(
             _begin_reply, owner=owner, params=params, default_model=model or self.default_model,
             token=reply_lock.new_token(), holder=self._holder, now=utcnow(),
-        ))
+        )
         try:
             begun = await asyncio.shield(opening)
         except asyncio.CancelledError:
