@@ -4,8 +4,9 @@ Chosen over sse-starlette: that library patches uvicorn's exit handler at import
 stream as soon as shutdown starts, which defeats our grace period (replies in flight may finish, then
 get a final ``shutdown`` event after their partial turn is stored). Starlette's StreamingResponse pulls
 from an iterator, so tokens pushed by the reply would need a queue hop; here the producer writes events
-straight to the connection, a ping task keeps idle streams alive, and a listener cancels the producer
-when the client disconnects (which stops the upstream call).
+straight to the connection, a timer keeps idle streams alive with a comment line (a timer, not a task per
+stream: cheaper to set up on the way to the first token), and a listener cancels the producer when the
+client disconnects (which stops the upstream call).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class EventStream:
         self._headers = [*HEADERS, *headers]
         self._last_sent = time.monotonic()
         self._disconnected = False
+        self._ping_timer: asyncio.TimerHandle | None = None
+        self._pinging: asyncio.Task | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self._headers})
@@ -57,7 +60,8 @@ class EventStream:
                     producer_task.cancel(msg="client disconnected")
                     return
 
-        helpers = [asyncio.create_task(listen()), asyncio.create_task(self._ping(send))]
+        listener = asyncio.create_task(listen())
+        self._arm_ping(send, self._ping_seconds)
         try:
             await self._producer(emit)
         except asyncio.CancelledError:
@@ -68,10 +72,13 @@ class EventStream:
         except OSError:
             return  # the client went away while we wrote
         finally:
+            if self._ping_timer is not None:
+                self._ping_timer.cancel()
+            helpers = [task for task in (listener, self._pinging) if task is not None]
             for task in helpers:
                 task.cancel()
             for task in helpers:
-                with contextlib.suppress(asyncio.CancelledError):
+                with contextlib.suppress(asyncio.CancelledError, OSError):
                     await task
         if not self._disconnected:
             with contextlib.suppress(OSError):
@@ -81,10 +88,19 @@ class EventStream:
         self._last_sent = time.monotonic()
         await send({"type": "http.response.body", "body": body, "more_body": True})
 
-    async def _ping(self, send: Send) -> None:
-        while True:
-            idle_for = time.monotonic() - self._last_sent
-            if idle_for < self._ping_seconds:
-                await asyncio.sleep(self._ping_seconds - idle_for)
-                continue
-            await self._send_body(send, b": ping\n\n")
+    def _arm_ping(self, send: Send, delay: float) -> None:
+        self._ping_timer = asyncio.get_running_loop().call_later(delay, self._ping_due, send)
+
+    def _ping_due(self, send: Send) -> None:
+        idle_for = time.monotonic() - self._last_sent
+        if idle_for >= self._ping_seconds and (self._pinging is None or self._pinging.done()):
+            self._pinging = asyncio.ensure_future(self._send_body(send, b": ping\n\n"))
+            self._pinging.add_done_callback(_client_gone_is_fine)
+            idle_for = 0.0
+        self._arm_ping(send, self._ping_seconds - idle_for)
+
+
+def _client_gone_is_fine(task: asyncio.Task) -> None:
+    """A ping that failed because the client left needs no report: the listener ends the stream."""
+    if not task.cancelled():
+        task.exception()
