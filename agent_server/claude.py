@@ -16,7 +16,7 @@ import contextvars
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import anthropic
@@ -195,17 +195,29 @@ class Claude:
         stats.usage = usage_from_sdk(message.usage)
         return "".join(block.text for block in message.content if block.type == "text")
 
-    async def stream(self, request: UpstreamRequest, stats: CallStats) -> AsyncIterator[str]:
+    async def stream(
+        self, request: UpstreamRequest, stats: CallStats, on_open: Callable[[], Awaitable[None]] | None = None
+    ) -> AsyncIterator[str]:
         """Text deltas as the model writes them; ``stats`` holds the usage when it ends or is cancelled.
 
+        ``on_open`` is awaited once, when the upstream has accepted the call (its response headers are in),
+        before any text: work done there overlaps the model's time to first token.
         Closing this generator early (the client left) closes the upstream response, which stops the
         generation upstream.
         """
         deadline = asyncio.get_running_loop().time() + self.deadline_seconds
         sent_text = False
+        opened = on_open is None
+
+        async def open_once() -> None:  # a retried attempt opens again: tell the caller only the first time
+            nonlocal opened
+            if not opened:
+                opened = True
+                await on_open()
+
         for retry_delay in (*MIDSTREAM_RETRY_DELAYS, None):
             try:
-                async for text in self._stream_once(request, stats, deadline):
+                async for text in self._stream_once(request, stats, deadline, open_once):
                     sent_text = True
                     yield text
                 return
@@ -220,7 +232,10 @@ class Claude:
             finally:
                 stats.finished = time.perf_counter()
 
-    async def _stream_once(self, request: UpstreamRequest, stats: CallStats, deadline: float) -> AsyncIterator[str]:
+    async def _stream_once(
+        self, request: UpstreamRequest, stats: CallStats, deadline: float,
+        on_open: Callable[[], Awaitable[None]],
+    ) -> AsyncIterator[str]:
         """One streamed attempt: the SDK makes the request, ``upstream_events`` reads the events."""
         token = _current_call.set(stats)
         try:
@@ -235,6 +250,7 @@ class Claude:
         decoder, state = EventDecoder(), MessageState()
         loop = asyncio.get_running_loop()
         try:
+            await on_open()
             # No timeout context per chunk (it showed in the fan-out profile): a stalled stream is ended by the
             # HTTP read timeout, a slow-dripping one by this check. Worst case: deadline + one read timeout.
             async for chunk in response.http_response.aiter_bytes():

@@ -111,8 +111,13 @@ class Reply:
         self._parts = [text]
         return await self._finish(turn_status="complete", call_status="ok", error_type=None)
 
-    async def run(self, on_token: Callable[[str], Awaitable[None]]) -> ReplyOutcome:
+    async def run(
+        self, on_token: Callable[[str], Awaitable[None]], on_open: Callable[[], Awaitable[None]] | None = None
+    ) -> ReplyOutcome:
         """Stream the reply, handing each text delta to ``on_token``; return once the turn is committed.
+
+        ``on_open`` is awaited once the upstream has accepted the call, before the first delta (see
+        ``Claude.stream``).
 
         Whatever ends it, the turn and its request row are stored before this returns or raises:
         an upstream failure stores a ``failed`` turn and raises the mapped ``AgentError``; ``interrupt()``
@@ -120,7 +125,7 @@ class Reply:
         or the task being cancelled) stores an ``incomplete`` turn and re-raises.
         """
         self._consumer = asyncio.current_task()
-        tokens = self._claude.stream(self._upstream, self.stats)
+        tokens = self._claude.stream(self._upstream, self.stats, on_open)
         loop = asyncio.get_running_loop()
         self._next_checkpoint = loop.time() + CHECKPOINT_SECONDS
         try:

@@ -11,6 +11,7 @@ from .. import errors
 from ..service import ReplyParams
 from .body import read_model
 from .context import caller, count_model_call, runtime_of
+from .opening import StartOnce
 from .schemas import AgentRequest
 from .serialize import agent_response, done_payload
 from .sse import Emit, EventStream
@@ -45,24 +46,30 @@ async def post_agent_stream(request: Request) -> EventStream:
     runtime, reply, quota = await _open(request, "stream")
 
     async def produce(emit: Emit) -> None:
+        start = StartOnce(lambda: emit("start", {"conversation_id": reply.conversation_id, "model": reply.model}))
+
         async def token(text: str) -> None:
+            if not start.sent:
+                await start()
             await emit("token", {"text": text})
 
         try:
-            await emit("start", {"conversation_id": reply.conversation_id, "model": reply.model})
-            outcome = await reply.run(token)
+            outcome = await reply.run(token, on_open=start)
         except errors.AgentError as exc:
+            await start()
             await emit("error", exc.envelope())
             return
         except Exception:
             # The stream has started, so no 500 can be sent: end it with the error event instead.
             request_id = request.scope.get("agent", {}).get("request_id", "unknown")
             log.exception("unhandled error in a stream (request id %s)", request_id)
+            await start()
             await emit("error", errors.InternalError(request_id).envelope())
             return
         finally:
             # A client gone before run() began would otherwise leave the reply (and its lock) open.
             await reply.abandon()
+        await start()
         await emit("done", done_payload(outcome))
 
     headers = [(k.lower().encode(), v.encode()) for k, v in quota.headers().items()]

@@ -41,11 +41,13 @@ class EventStream:
         self._headers = [*HEADERS, *headers]
         self._last_sent = time.monotonic()
         self._disconnected = False
+        self._head_sent = False
         self._ping_timer: asyncio.TimerHandle | None = None
         self._pinging: asyncio.Task | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self._headers})
+        # The head goes out with the first event or ping, not before: a producer may have other work first
+        # (agent.py starts the upstream call before its first event), and the ping timer bounds the wait.
         producer_task = asyncio.current_task()
         assert producer_task is not None
 
@@ -82,11 +84,14 @@ class EventStream:
                     await task
         if not self._disconnected:
             with contextlib.suppress(OSError):
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await self._send_body(send, b"", more_body=False)
 
-    async def _send_body(self, send: Send, body: bytes) -> None:
+    async def _send_body(self, send: Send, body: bytes, more_body: bool = True) -> None:
         self._last_sent = time.monotonic()
-        await send({"type": "http.response.body", "body": body, "more_body": True})
+        if not self._head_sent:
+            self._head_sent = True
+            await send({"type": "http.response.start", "status": 200, "headers": self._headers})
+        await send({"type": "http.response.body", "body": body, "more_body": more_body})
 
     def _arm_ping(self, send: Send, delay: float) -> None:
         self._ping_timer = asyncio.get_running_loop().call_later(delay, self._ping_due, send)

@@ -19,6 +19,7 @@ from ..service import ReplyParams
 from .auth import bearer_token, owner_for
 from .body import parse_json, validate
 from .context import count_model_call, runtime_of
+from .opening import StartOnce
 from .schemas import WsMessage
 from .serialize import done_payload, turn
 
@@ -123,13 +124,19 @@ class Session:
         self.conversation_id = reply.conversation_id
         self.ws.scope.setdefault("agent", {})["conversation_id"] = reply.conversation_id
 
+        start = StartOnce(
+            lambda: self.send({"type": "start", "conversation_id": reply.conversation_id, "model": reply.model})
+        )
+
         async def token(text: str) -> None:
+            if not start.sent:
+                await start()
             await self.send({"type": "token", "text": text})
 
         try:
-            await self.send({"type": "start", "conversation_id": reply.conversation_id, "model": reply.model})
-            outcome = await reply.run(token)
+            outcome = await reply.run(token, on_open=start)
         except errors.AgentError as exc:
+            await start()
             await self.send_error(exc)
             return
         except asyncio.CancelledError:
@@ -138,11 +145,13 @@ class Session:
             if not self._cancel_requested:
                 raise
             asyncio.current_task().uncancel()
+            await start()
             await self.send({"type": "cancelled", "conversation_id": reply.conversation_id, "turn_id": reply.turn_id})
             return
         except BaseException:
             await reply.abandon()
             raise
+        await start()
         await self.send({"type": "done", **done_payload(outcome)})
 
     async def close_reply(self) -> None:

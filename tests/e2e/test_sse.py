@@ -318,6 +318,20 @@ def test_idle_stream_gets_ping_comments(server, fake):
     assert all(event.data == "ping" for event in pings)
 
 
+
+def test_start_goes_out_while_the_model_is_still_thinking(server, fake):
+    """``start`` is sent once the upstream has accepted the call, not held back until the first token."""
+    fake.script({"tokens": ["eventually"], "ttft": 60})
+    with client_for(server) as client:
+        with client.stream("POST", "/agent/stream", json={"message": "Think hard"}, headers=auth()) as response:
+            assert response.status_code == 200
+            first = next(event for event in iter_events(response) if event.event != COMMENT)
+            assert first.event == "start"
+            [stream] = [record for record in fake.streams() if record["outcome"] == "open"]
+            assert stream["tokens_sent"] == 0
+    # Leaving stops the upstream call (the fake sees the disconnect).
+    fake.wait_for("disconnected")
+
 # -- the client goes away ------------------------------------------------------------------------------------
 
 
