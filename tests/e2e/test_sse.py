@@ -325,10 +325,13 @@ def test_start_goes_out_while_the_model_is_still_thinking(server, fake):
     with client_for(server) as client:
         with client.stream("POST", "/agent/stream", json={"message": "Think hard"}, headers=auth()) as response:
             assert response.status_code == 200
-            first = next(event for event in iter_events(response) if event.event != COMMENT)
+            events = iter_events(response)  # kept: a dropped generator would close the response
+            first = next(event for event in events if event.event != COMMENT)
             assert first.event == "start"
-            [stream] = [record for record in fake.streams() if record["outcome"] == "open"]
-            assert stream["tokens_sent"] == 0
+            streams = fake.streams()
+            open_streams = [record for record in streams if record["outcome"] == "open"]
+            assert len(open_streams) == 1, streams
+            assert open_streams[0]["tokens_sent"] == 0
     # Leaving stops the upstream call (the fake sees the disconnect).
     fake.wait_for("disconnected")
 
