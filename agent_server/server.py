@@ -9,7 +9,9 @@ their partial turns are stored. Then uvicorn shuts down as usual. A second signa
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import socket
 
 import uvicorn
 from uvicorn.supervisors import multiprocess
@@ -21,6 +23,14 @@ log = logging.getLogger("agent_server")
 class DrainingServer(uvicorn.Server):
     _drain_task: asyncio.Task | None = None
     _drain_requested = False
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        # Everything alive once the app has started (modules, the SDK's and pydantic's schemas, the runtime)
+        # lives as long as the process: freezing it keeps it out of every later full garbage collection, whose
+        # pauses otherwise grow with it (they showed as ~90 ms p99 outliers on 1,000-turn replies).
+        gc.collect()
+        gc.freeze()
 
     def handle_exit(self, sig: int, frame) -> None:  # type: ignore[no-untyped-def]
         if self._drain_requested:
