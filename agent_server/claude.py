@@ -25,7 +25,9 @@ import httpx2
 from . import errors
 from .fake_upstream.stub_transport import OfflineStubTransport
 from .pricing import Usage
-from .upstream_events import ErrorEvent, EventDecoder, MessageState, UnreadableEvent, text_deltas
+from .upstream_events import (
+    ErrorEvent, EventDecoder, MessageState, UnreadableEvent, text_deltas, usage_from_wire,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,20 +62,6 @@ class CallStats:
     def latency_ms(self) -> int:
         end = self.finished if self.finished is not None else time.perf_counter()
         return round((end - self.started) * 1000)
-
-
-def usage_from_sdk(usage: object | None) -> Usage:
-    if usage is None:
-        return Usage()
-    breakdown = getattr(usage, "cache_creation", None)
-    return Usage(
-        input_tokens=getattr(usage, "input_tokens", 0) or 0,
-        output_tokens=getattr(usage, "output_tokens", 0) or 0,
-        cache_creation_input_tokens=getattr(usage, "cache_creation_input_tokens", 0) or 0,
-        cache_read_input_tokens=getattr(usage, "cache_read_input_tokens", 0) or 0,
-        cache_write_5m_tokens=getattr(breakdown, "ephemeral_5m_input_tokens", None) if breakdown else None,
-        cache_write_1h_tokens=getattr(breakdown, "ephemeral_1h_input_tokens", None) if breakdown else None,
-    )
 
 
 def _retry_after(exc: anthropic.APIStatusError) -> int:
@@ -192,7 +180,7 @@ class Claude:
         stats.request_id = message._request_id
         stats.model = message.model
         stats.stop_reason = message.stop_reason
-        stats.usage = usage_from_sdk(message.usage)
+        stats.usage = usage_from_wire(message.usage.model_dump()) if message.usage else Usage()
         return "".join(block.text for block in message.content if block.type == "text")
 
     async def stream(

@@ -129,12 +129,16 @@ class MessageState:
                 self.usage[key] = value
 
     def usage_record(self) -> Usage:
-        usage = self.usage
-        split = usage.get("cache_creation") if isinstance(usage.get("cache_creation"), dict) else None
-        values = {name: int(usage.get(name) or 0) for name in _USAGE_FIELDS}
-        for wire, ours in _CACHE_SPLIT:
-            values[ours] = split.get(wire) if split else None
-        return Usage(**values)
+        return usage_from_wire(self.usage)
+
+
+def usage_from_wire(usage: dict) -> Usage:
+    """Our ``Usage`` from the API's ``usage`` object (as JSON: streamed events, or a dumped SDK message)."""
+    split = usage.get("cache_creation") if isinstance(usage.get("cache_creation"), dict) else None
+    values = {name: int(usage.get(name) or 0) for name in _USAGE_FIELDS}
+    for wire, ours in _CACHE_SPLIT:
+        values[ours] = split.get(wire) if split else None
+    return Usage(**values)
 
 
 def text_deltas(decoder: EventDecoder, state: MessageState, chunk: bytes) -> Iterator[str]:

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import TypeVar
 
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
@@ -44,7 +44,6 @@ PRAGMAS = (
     "PRAGMA synchronous=NORMAL",
 )
 log = logging.getLogger(__name__)
-P = ParamSpec("P")
 T = TypeVar("T")
 
 
