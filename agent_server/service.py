@@ -143,10 +143,10 @@ class ConversationService:
         """Renew the expiry of the reply locks this process holds, for as long as it runs."""
         while True:
             await asyncio.sleep(reply_lock.RENEW_EVERY_SECONDS)
-            tokens = [reply.lock_token for reply in self.active]
-            if tokens:
+            held = [(reply.conversation_id, reply.lock_token) for reply in self.active]
+            if held:
                 try:
-                    await self.db.write(reply_lock.renew, tokens=tokens, now=utcnow())
+                    await self.db.write(reply_lock.renew, held=held, now=utcnow())
                 except Exception:
                     log.exception("could not renew reply locks")
 

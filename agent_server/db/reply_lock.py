@@ -109,7 +109,8 @@ def release(conn: Connection, *, conversation_id: str, token: str, now: datetime
     writes.clear_reply_lock(conn, conversation_id=conversation_id, token=token, now=now)
 
 
-def renew(conn: Connection, *, tokens: list[str], now: datetime) -> None:
-    """Push back the expiry of the locks this process holds (called every ``RENEW_EVERY_SECONDS``)."""
-    if tokens:
-        writes.extend_reply_locks(conn, tokens=tokens, expires_at=now + LOCK_TTL)
+def renew(conn: Connection, *, held: list[tuple[str, str]], now: datetime) -> None:
+    """Push back the expiry of the locks this process holds, given as ``(conversation_id, token)`` pairs
+    (called every ``RENEW_EVERY_SECONDS``)."""
+    if held:
+        writes.extend_reply_locks(conn, held=held, expires_at=now + LOCK_TTL)

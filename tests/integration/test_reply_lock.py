@@ -166,7 +166,9 @@ async def test_renewing_pushes_back_only_the_given_locks(database_url):
     try:
         renewed, untouched = await db.write(two_locked_conversations)
         later = taken + timedelta(seconds=20)
-        await db.write(reply_lock.renew, tokens=["token-renewed", "no-such-token"], now=later)
+        # A token that no longer holds its conversation (the lock was taken over) is not renewed either.
+        await db.write(reply_lock.renew, held=[(renewed, "token-renewed"), (untouched, "token-renewed"),
+                                               (renewed, "no-such-token")], now=later)
     finally:
         await db.dispose()
     expiry = {cid: lock_columns(database_url, cid)[4] for cid in (renewed, untouched)}
