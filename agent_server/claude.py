@@ -163,11 +163,19 @@ class Claude:
         return args
 
     async def complete(self, request: UpstreamRequest, stats: CallStats) -> str:
-        """The whole reply at once (POST /agent)."""
+        """The whole reply at once (POST /agent).
+
+        Through ``client.post`` (the SDK's documented call for raw requests, parsed into its ``Message``)
+        rather than ``messages.create``, which refuses ``max_tokens`` above ~21,000 with a ValueError when
+        the client's timeout is the SDK's default 10 minutes: our deadline bounds every call instead. It
+        also skips the walk over the typed parameters (~0.7 ms on a 1,000-turn history).
+        """
         token = _current_call.set(stats)
         try:
             async with asyncio.timeout(self.deadline_seconds):
-                message = await self._client.messages.create(**self._arguments(request))
+                message = await self._client.post(
+                    "/v1/messages", body=self._arguments(request), cast_to=anthropic.types.Message
+                )
         except BaseException as exc:
             stats.finished = time.perf_counter()
             if isinstance(exc, asyncio.CancelledError):

@@ -339,6 +339,19 @@ async def test_max_tokens_up_to_the_ceiling_is_sent(client, fake) -> None:
     assert fake.requests()[-1]["body"]["max_tokens"] == MAX_TOKENS
 
 
+async def test_a_large_max_tokens_on_a_whole_reply_is_sent(database_url, fake) -> None:
+    """The SDK's messages.create refuses max_tokens above ~21,000 without streaming (a guard against
+    connections idle for over 10 minutes) with a ValueError when the client's timeout is the SDK default,
+    10 minutes, which is what an operator who allows long replies sets. The server bounds every call with
+    its own deadline, so a raised ceiling must work on POST /agent too, not end in a 500."""
+    large = 64_000
+    settings = make_settings(database_url, fake, AGENT_MAX_TOKENS_CEILING=large, AGENT_UPSTREAM_TIMEOUT_SECONDS=600)
+    async with app_client(settings) as http:
+        response = await http.post("/agent", json={"message": "Hi", "max_tokens": large}, headers=auth())
+    assert response.status_code == 200, response.text
+    assert fake.requests()[-1]["body"]["max_tokens"] == large
+
+
 # -- client errors ---------------------------------------------------------------------------------
 
 
