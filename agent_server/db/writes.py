@@ -35,7 +35,7 @@ def _sql(statement) -> str:
 
 def stored_time(value: datetime | None) -> str | None:
     """A naive UTC datetime as SQLAlchemy's SQLite DateTime stores it (always with microseconds)."""
-    return None if value is None else value.strftime("%Y-%m-%d %H:%M:%S.%f")
+    return None if value is None else value.isoformat(" ", "microseconds")
 
 
 def parse_stored_time(value: str | None) -> datetime | None:
