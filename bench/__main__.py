@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="benchmark agent_server as of this git revision (extracted with git archive into the "
                              "work folder and put first on the children's PYTHONPATH), so that edits made to the "
                              "working tree during a run cannot mix revisions; default: the working tree as it is")
+    parser.add_argument("--ttft-against", metavar="REV", default=None,
+                        help="ttft: also measure agent_server as of this git revision, as a fourth target in the "
+                             "same interleaved rounds (an A/B of two revisions within one run)")
     for name, (full, quick, kind, text) in KNOBS.items():
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
                             help=f"{text} (default {full}; --quick {quick})")
@@ -180,10 +183,16 @@ def main(argv: list[str] | None = None) -> int:
         revision = extract_revision(plan.rev, source)[:12]
         # Every child (servers, fake, migrations) inherits this: agent_server is imported from the snapshot.
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), os.environ.get("PYTHONPATH")]))
+    plan.ttft_against_source = None
+    if plan.ttft_against:
+        # Only the extra ttft server imports this snapshot (its PYTHONPATH puts it first).
+        plan.ttft_against_commit = extract_revision(plan.ttft_against, workdir / "against-src")[:12]
+        plan.ttft_against_source = str(workdir / "against-src")
     meta = {
         "command": "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "git_revision": revision, "source": "git archive" if plan.rev else "working tree",
+        "ttft_against": getattr(plan, "ttft_against_commit", None),
         "machine": sysinfo.machine(), "fd_limit": list(fd_limit),
         "workers": plan.workers, "quick": plan.quick, "workdir": str(workdir),
         "plan": {k: v for k, v in vars(plan).items() if k in KNOBS or k in ("only", "workers", "quick")},

@@ -90,6 +90,11 @@ def _rows(sections: dict) -> list[tuple[str, list[Row]]]:
                              _fmt(g(ttft, "baseline", level, f"overhead_{q}_ms")), "0"))
             rows.append((f"{level} stream(s): errors", _fmt(g(ttft, "server", level, "errors")),
                          _fmt(g(ttft, "baseline", level, "errors")), _fmt(g(ttft, "direct", level, "errors"))))
+            if "against" in ttft:
+                revision = g(ttft, "config", "against_revision") or "?"
+                for q in ("p50", "p99"):
+                    rows.append((f"{level} stream(s): overhead {q} (ms), agent_server at {revision[:9]}",
+                                 _fmt(g(ttft, "against", level, f"overhead_{q}_ms")), "", ""))
         out.append(("ttft (direct = the fake upstream itself)", rows))
     if tp := sections.get("throughput"):
         rows = [("exchanges/s (server: answered and persisted)", _fmt(g(tp, "server", "per_second")),

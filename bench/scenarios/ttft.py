@@ -9,18 +9,25 @@ Overhead is reported per percentile: p50(target) - p50(direct), p99(target) - p9
 concurrent streams httpx's connection pool and h11 parser cost the client ~15 ms of CPU per request on a
 2-core machine, and the client's own queueing then dominated every target (the fake's 20 ms TTFT read as
 ~600 ms). ``--ttft-client httpx`` keeps httpx (pooled keep-alive connections) for comparison.
+
+``--ttft-against REV`` adds agent_server as of another revision (target ``against``, its own database) to
+the same rounds: the two revisions then share every moment of the machine's noise, which full runs minutes
+apart do not.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 
+from .. import procs as p
 from .. import stats, sysinfo
 from .. import rawsse
 from ..client import Target, direct_body, histogram_delta, http_client, server_histograms, sse_stream
 from ..runner import FakeSpec, Run
 
 ORDER = ("server", "baseline", "direct")
+AGAINST = "against"
 
 
 def _body(target: Target) -> dict:
@@ -31,11 +38,12 @@ def _body(target: Target) -> dict:
 
 async def _level(run: Run, client, targets: dict[str, Target], *, streams: int, rounds: int, warmup: int,
                  tokens: int) -> dict:
-    ttfts: dict[str, list[float]] = {name: [] for name in ORDER}
-    errors: dict[str, list[str]] = {name: [] for name in ORDER}
-    client_cpu = {name: 0.0 for name in ORDER}
+    order = [name for name in (*ORDER, AGAINST) if name in targets]
+    ttfts: dict[str, list[float]] = {name: [] for name in order}
+    errors: dict[str, list[str]] = {name: [] for name in order}
+    client_cpu = {name: 0.0 for name in order}
     for index in range(warmup + rounds):
-        for name in ORDER:
+        for name in order:
             target = targets[name]
             body = _body(target)
             own0 = sysinfo.own_cpu_seconds()
@@ -56,7 +64,7 @@ async def _level(run: Run, client, targets: dict[str, Target], *, streams: int, 
         run.progress.update(f"{streams} stream(s): round {index + 1}/{warmup + rounds}")
     out: dict[str, dict] = {}
     direct = stats.latency_summary(ttfts["direct"])
-    for name in ORDER:
+    for name in order:
         summary = stats.latency_summary(ttfts[name])
         per_request = round(1000 * client_cpu[name] / summary["n"], 3) if summary["n"] else None
         entry = {"ttft": summary, "errors": len(errors[name]), "first_errors": errors[name][:3],
@@ -75,8 +83,12 @@ async def run(run: Run) -> dict:
     stack = run.stack("ttft", FakeSpec(plan.ttft_upstream, 0.0, plan.ttft_tokens))
     spec = stack.spec
     run.progress.note(f"fake TTFT {spec.ttft * 1000:.0f} ms, {spec.n_tokens} tokens a reply")
+    against = None
     try:
         targets = run.stream_targets(stack)
+        if plan.ttft_against_source:
+            against = _start_against(run, stack)
+            targets[AGAINST] = Target(AGAINST, f"{against.url}/agent/stream", run.auth)
         levels = {}
         async with http_client(plan.request_timeout) as client:
             with run.profiler("ttft", stack) as profile:
@@ -87,6 +99,8 @@ async def run(run: Run) -> dict:
                     after = await server_histograms(client, stack.server.url, run.auth)
                     levels[str(streams)]["server"]["server_view"] = histogram_delta(before, after)
     finally:
+        if against is not None:
+            run.procs.stop(against)
         run.release(stack)
     result = {
         "config": {"fake_ttft_ms": spec.ttft * 1000, "fake_token_delay_ms": spec.token_delay * 1000,
@@ -97,6 +111,23 @@ async def run(run: Run) -> dict:
     }
     for name in ORDER:
         result[name] = {level: data[name] for level, data in levels.items()}
+    if against is not None:
+        result[AGAINST] = {level: data[AGAINST] for level, data in levels.items()}
+        result["config"]["against_revision"] = plan.ttft_against_commit
     if profile.summary is not None:
         result["profile"] = profile.summary
     return result
+
+
+def _start_against(run: Run, stack) -> p.Child:
+    """agent-server from the ``--ttft-against`` snapshot, on the section's fake, with a database of its own."""
+    env = p.server_env(fake_url=stack.fake.url, database_url=run.database_url("ttft-against"), secret=run.secret,
+                       upstream_key=run.upstream_key)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [run.plan.ttft_against_source, env.get("PYTHONPATH")]))
+    child = p.start_server(run.procs, "ttft-against-server", env=env, workers=run.plan.workers)
+    try:
+        run.procs.wait_ready(child)
+    except BaseException:
+        run.procs.stop(child)
+        raise
+    return child

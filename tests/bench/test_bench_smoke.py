@@ -83,3 +83,23 @@ def test_targets_are_judged(result: dict) -> None:
 def test_meta_describes_the_machine(result: dict) -> None:
     meta = result["meta"]
     assert meta["quick"] is True and meta["machine"]["nproc"] >= 1 and meta["machine"]["cpu_model"]
+
+
+def test_ttft_against_another_revision_runs_it_in_the_same_rounds(tmp_path) -> None:
+    """``--ttft-against REV``: agent_server as of REV is a fourth target of the ttft rounds (an A/B in one run)."""
+    out = tmp_path / "against.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "ttft", "--ttft-against", "HEAD", "--out", str(out),
+         "--no-progress"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    result = json.loads(out.read_text())
+    ttft = result["sections"]["ttft"]
+    assert result["meta"]["ttft_against"] == ttft["config"]["against_revision"] == head.strip()[:12]
+    assert set(ttft["against"]) == set(ttft["server"])  # both levels
+    for name, level in ttft["against"].items():
+        assert _is_number(level["overhead_p50_ms"]) and level["errors"] == 0
+        assert level["ttft"]["n"] == ttft["server"][name]["ttft"]["n"]  # the same rounds as the server's
+    assert "agent_server at" in proc.stdout
