@@ -103,3 +103,16 @@ def test_ttft_against_another_revision_runs_it_in_the_same_rounds(tmp_path) -> N
         assert _is_number(level["overhead_p50_ms"]) and level["errors"] == 0
         assert level["ttft"]["n"] == ttft["server"][name]["ttft"]["n"]  # the same rounds as the server's
     assert "agent_server at" in proc.stdout
+
+
+def test_cold_commit_diagnostic_prints_each_step() -> None:
+    """``python -m bench.cold_commit``: the opening transaction's steps, back to back and after a pause."""
+    proc = subprocess.run([sys.executable, "-m", "bench.cold_commit", "--samples", "3", "--pause", "0.001"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert "back to back" in lines[0] and "after a 1 ms pause" in lines[0]
+    rows = {line[:28].strip(): line[28:].split() for line in lines[1:]}
+    assert set(rows) == {"BEGIN IMMEDIATE", "inserts and their Python", "COMMIT", "whole transaction"}
+    for values in rows.values():
+        assert len(values) == 2 and all(value.isdigit() for value in values)
