@@ -21,6 +21,7 @@ import tarfile
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -65,6 +66,9 @@ KNOBS: dict[str, tuple] = {
     "history_chars": (200, 200, int, "history: characters per seeded turn"),
     "history_upstream": (0.0, 0.0, float, "history: the fake's latency for a whole reply, seconds"),
     "history_tokens": (20, 5, int, "history: tokens per reply"),
+    "client_loop": ("uvloop", "uvloop", str, "the load generator's event loop, 'uvloop' (like the servers') or "
+                                             "'asyncio'; at 1 stream it decides how the client's and the "
+                                             "server's wake-ups interleave on 2 cores (see README, Performance)"),
     "request_timeout": (60.0, 30.0, float, "seconds before any one request, stream or session gives up"),
     "section_timeout": (900.0, 120.0, float, "seconds before a whole section is abandoned"),
 }
@@ -116,6 +120,8 @@ def resolve(args: argparse.Namespace) -> SimpleNamespace:
         raise SystemExit(f"python -m bench: unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     if plan.ttft_client not in ("raw", "httpx"):
         raise SystemExit("python -m bench: --ttft-client must be 'raw' or 'httpx'")
+    if plan.client_loop not in ("uvloop", "asyncio"):
+        raise SystemExit("python -m bench: --client-loop must be 'uvloop' or 'asyncio'")
     if plan.ws_compression not in ("deflate", "none"):
         raise SystemExit("python -m bench: --ws-compression must be 'deflate' or 'none'")
     return plan
@@ -156,13 +162,15 @@ def _git_revision() -> str | None:
         return None
 
 
-def _new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop  # the servers run on uvloop too (uvicorn's default when installed)
+def _loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    if kind == "uvloop":
+        try:
+            import uvloop  # the servers run on uvloop too (uvicorn's default when installed)
 
-        return uvloop.new_event_loop()
-    except ImportError:
-        return asyncio.new_event_loop()
+            return uvloop.new_event_loop
+        except ImportError:
+            pass
+    return asyncio.new_event_loop
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         "ttft_against": getattr(plan, "ttft_against_commit", None),
         "machine": sysinfo.machine(), "fd_limit": list(fd_limit),
         "workers": plan.workers, "quick": plan.quick, "workdir": str(workdir),
+        "client_loop": "uvloop" if _loop_factory(plan.client_loop).__module__.startswith("uvloop") else "asyncio",
         "plan": {k: v for k, v in vars(plan).items() if k in KNOBS or k in ("only", "workers", "quick")},
     }
     progress.note(f"sections {', '.join(plan.only)}; work folder {workdir}")
@@ -202,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with Processes(workdir) as procs:
             run = Run(plan=plan, procs=procs, progress=progress, workdir=workdir)
-            with asyncio.Runner(loop_factory=_new_loop) as runner:
+            with asyncio.Runner(loop_factory=_loop_factory(plan.client_loop)) as runner:
                 sections, ok = runner.run(run_sections(run, {name: SECTIONS[name] for name in plan.only}))
     except KeyboardInterrupt:
         interrupted = True

@@ -13,7 +13,8 @@ def _get(data: dict, *path: str):
     return data
 
 
-def _check(name: str, value, limit, *, at_most: bool = True, unit: str = "ms", limit_text: str | None = None) -> dict:
+def _check(name: str, value, limit, *, at_most: bool = True, unit: str = "ms", limit_text: str | None = None,
+           interval: str | None = None) -> dict:
     if value is None or limit is None:
         passed, miss = None, None
     else:
@@ -21,7 +22,18 @@ def _check(name: str, value, limit, *, at_most: bool = True, unit: str = "ms", l
         miss = None if passed else round(value - limit if at_most else limit - value, 3)
     sign = "<=" if at_most else ">="
     return {"target": name, "value": value, "limit": None if limit is None else round(limit, 3), "unit": unit,
-            "rule": limit_text or f"{sign} {limit} {unit}", "pass": passed, "missed_by": miss}
+            "rule": limit_text or f"{sign} {limit} {unit}", "pass": passed, "missed_by": miss,
+            **({"interval": interval} if interval else {})}
+
+
+def _interval(ttft: dict, level: str, q: str, kind: str) -> str | None:
+    """The 95% bootstrap interval of server vs baseline at ``level``, as text (None when not computed)."""
+    found = _get(ttft, "server", level, "vs_baseline", q, f"overhead_{kind}_ci{'_ms' if kind == 'diff' else ''}")
+    if not found:
+        return None
+    if kind == "diff":
+        return f"server - baseline {found[0]:+.3f} .. {found[1]:+.3f} ms"
+    return f"server / baseline {found[0]:.2f} .. {found[1]:.2f} x"
 
 
 def _high_level(ttft: dict) -> str | None:
@@ -42,14 +54,15 @@ def targets(sections: dict) -> list[dict]:
         for q in ("p50", "p99"):
             base = over("baseline", "1", q)
             checks.append(_check(f"TTFT overhead, 1 stream, {q} vs baseline", over("server", "1", q), base,
-                                 limit_text=f"<= baseline ({base} ms)"))
+                                 limit_text=f"<= baseline ({base} ms)", interval=_interval(ttft, "1", q, "diff")))
         high = _high_level(ttft)
         if high:
             for q in ("p50", "p99"):
                 base = over("baseline", high, q)
                 limit = None if base is None else 1.2 * base
                 checks.append(_check(f"TTFT overhead, {high} streams, {q} vs baseline", over("server", high, q),
-                                     limit, limit_text=f"<= 1.2 x baseline ({base} ms)"))
+                                     limit, limit_text=f"<= 1.2 x baseline ({base} ms)",
+                                     interval=_interval(ttft, high, q, "ratio")))
     ratio = _get(sections, "throughput", "ratio")
     if "server" in (sections.get("throughput") or {}):
         checks.append(_check("persisted throughput / baseline", ratio, 0.8, at_most=False, unit="x"))
@@ -88,6 +101,13 @@ def _rows(sections: dict) -> list[tuple[str, list[Row]]]:
                 rows.append((f"{level} stream(s): overhead {q} (ms)",
                              _fmt(g(ttft, "server", level, f"overhead_{q}_ms")),
                              _fmt(g(ttft, "baseline", level, f"overhead_{q}_ms")), "0"))
+            for q in ("p50", "p99"):
+                vs = g(ttft, "server", level, "vs_baseline", q) or {}
+                diff, ci = vs.get("overhead_diff_ms"), vs.get("overhead_diff_ci_ms")
+                if diff is not None:
+                    span = f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else ""
+                    rows.append((f"{level} stream(s): overhead {q} server - baseline, 95% CI (ms)",
+                                 f"{diff:+.2f}{span}", "", ""))
             rows.append((f"{level} stream(s): errors", _fmt(g(ttft, "server", level, "errors")),
                          _fmt(g(ttft, "baseline", level, "errors")), _fmt(g(ttft, "direct", level, "errors"))))
             if "against" in ttft:
@@ -185,4 +205,6 @@ def table(result: dict) -> str:
             miss = f"  (missed by {c['missed_by']} {c['unit']})" if c["pass"] is False else ""
             lines.append(f"  {verdict:<4}  {c['target']:<{width}}  {_fmt(c['value'], 3):>10} {c['unit']:<3}  "
                          f"{c['rule']}{miss}")
+            if c.get("interval"):
+                lines.append(f"        {'':<{width}}  95% CI of the comparison over rounds: {c['interval']}")
     return "\n".join(lines).lstrip("\n")

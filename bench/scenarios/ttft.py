@@ -40,6 +40,7 @@ async def _level(run: Run, client, targets: dict[str, Target], *, streams: int, 
                  tokens: int) -> dict:
     order = [name for name in (*ORDER, AGAINST) if name in targets]
     ttfts: dict[str, list[float]] = {name: [] for name in order}
+    by_round: dict[str, list[list[float]]] = {name: [] for name in order}  # the same samples, round by round
     errors: dict[str, list[str]] = {name: [] for name in order}
     client_cpu = {name: 0.0 for name in order}
     for index in range(warmup + rounds):
@@ -56,9 +57,11 @@ async def _level(run: Run, client, targets: dict[str, Target], *, streams: int, 
             if index < warmup:
                 continue
             client_cpu[name] += sysinfo.own_cpu_seconds() - own0
+            by_round[name].append([])
             for result in results:
                 if result.ok and result.ttft is not None:
                     ttfts[name].append(result.ttft)
+                    by_round[name][-1].append(result.ttft)
                 else:
                     errors[name].append(result.error or "no token")
         run.progress.update(f"{streams} stream(s): round {index + 1}/{warmup + rounds}")
@@ -73,7 +76,52 @@ async def _level(run: Run, client, targets: dict[str, Target], *, streams: int, 
             entry["overhead_p50_ms"] = stats.diff(summary["p50_ms"], direct["p50_ms"])
             entry["overhead_p99_ms"] = stats.diff(summary["p99_ms"], direct["p99_ms"])
         out[name] = entry
+    out["server"]["vs_baseline"] = compare(by_round, "server", "baseline")
+    if AGAINST in out:
+        out[AGAINST]["vs_server"] = compare(by_round, AGAINST, "server")
     return out
+
+
+def compare(rounds: dict[str, list[list[float]]], target: str, other: str) -> dict:
+    """``target``'s overhead against ``other``'s, p50 and p99: difference and ratio, each with a 95% bootstrap
+    interval over the rounds (how far the comparison would move on a rerun; see ``stats.bootstrap_intervals``).
+
+    The difference of two overheads is the difference of the two TTFTs (the direct TTFT cancels out); the
+    ratio, which the 64-stream target is stated in, needs the direct one.
+    """
+    def overhead(pooled: dict[str, list[float]], name: str, q: int) -> float:
+        return stats.percentile(pooled[name], q) - stats.percentile(pooled["direct"], q)
+
+    def ratio(q: int):
+        def statistic(pooled: dict[str, list[float]]) -> float | None:
+            base = overhead(pooled, other, q)
+            return overhead(pooled, target, q) / base if base > 0 else None
+        return statistic
+
+    def difference(q: int):
+        return lambda pooled: 1000 * (stats.percentile(pooled[target], q) - stats.percentile(pooled[other], q))
+
+    picked = {name: rounds[name] for name in (target, other, "direct")}
+    statistics = {f"{kind}_{q}": (difference if kind == "diff" else ratio)(q) for kind in ("diff", "ratio")
+                  for q in (50, 99)}
+    intervals = stats.bootstrap_intervals(picked, statistics)
+    pooled = {name: [x for samples in per_round for x in samples] for name, per_round in picked.items()}
+    result: dict = {"confidence": 0.95, "resampled_rounds": len(rounds[target])}
+    for q in (50, 99):
+        whole = {name: stats.percentile(values, q) for name, values in pooled.items()}
+        result[f"p{q}"] = {
+            "overhead_diff_ms": None if None in whole.values() else round(1000 * (whole[target] - whole[other]), 3),
+            "overhead_diff_ci_ms": _rounded(intervals[f"diff_{q}"]),
+            "overhead_ratio": ratio(q)(pooled) if all(pooled.values()) else None,
+            "overhead_ratio_ci": _rounded(intervals[f"ratio_{q}"]),
+        }
+        if result[f"p{q}"]["overhead_ratio"] is not None:
+            result[f"p{q}"]["overhead_ratio"] = round(result[f"p{q}"]["overhead_ratio"], 3)
+    return result
+
+
+def _rounded(interval: tuple[float, float] | None) -> list[float] | None:
+    return None if interval is None else [round(interval[0], 3), round(interval[1], 3)]
 
 
 async def run(run: Run) -> dict:

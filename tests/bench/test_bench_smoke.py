@@ -65,6 +65,12 @@ def test_section_has_figures_and_baselines(result: dict, section: str) -> None:
     if section == "ttft":
         assert _is_number(_dig(data, ("direct", "1", "ttft", "p50_ms")))
         assert len(data["server"]) == 2  # 1 stream and the high level
+        for level, figures in data["server"].items():  # server vs baseline, with its interval over the rounds
+            p50 = figures["vs_baseline"]["p50"]
+            expected = figures["overhead_p50_ms"] - data["baseline"][level]["overhead_p50_ms"]
+            assert p50["overhead_diff_ms"] == pytest.approx(expected, abs=0.002)
+            low, high = p50["overhead_diff_ci_ms"]
+            assert _is_number(low) and _is_number(high) and low <= high
     if section == "throughput":
         assert _is_number(data["ratio"]) and data["server"]["persisted_rows"] >= data["server"]["completed"] > 0
     if section == "history":
@@ -102,7 +108,23 @@ def test_ttft_against_another_revision_runs_it_in_the_same_rounds(tmp_path) -> N
     for name, level in ttft["against"].items():
         assert _is_number(level["overhead_p50_ms"]) and level["errors"] == 0
         assert level["ttft"]["n"] == ttft["server"][name]["ttft"]["n"]  # the same rounds as the server's
+        assert level["vs_server"]["resampled_rounds"] == ttft["server"][name]["vs_baseline"]["resampled_rounds"]
     assert "agent_server at" in proc.stdout
+
+
+def test_the_load_generator_can_run_on_asyncio(tmp_path) -> None:
+    """``--client-loop asyncio``: the same rounds driven from asyncio's own loop instead of uvloop."""
+    out = tmp_path / "asyncio.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "ttft", "--client-loop", "asyncio", "--out", str(out),
+         "--no-progress"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    result = json.loads(out.read_text())
+    assert result["meta"]["client_loop"] == "asyncio"
+    assert result["sections"]["ttft"]["server"]["1"]["errors"] == 0
+    assert _is_number(result["sections"]["ttft"]["server"]["1"]["overhead_p50_ms"])
 
 
 def test_cold_commit_diagnostic_prints_each_step() -> None:
