@@ -15,5 +15,7 @@ history        reply latency on 10/100/1,000-turn conversations, and in a databa
 Modules: ``runner`` runs the sections, ``procs`` owns the child processes, ``client`` holds the load
 generator's HTTP/SSE/WebSocket primitives (httpx, websockets) and ``rawsse`` a lean SSE reader for the
 high-concurrency streams, ``seed`` writes stored conversations with sqlite3, ``baseline_proxy`` is the
-baseline, ``scenarios/*`` one section each, ``report`` the targets and the table, ``profiling`` py-spy.
+baseline, ``scenarios/*`` one section each, ``stats`` percentiles and the bootstrap intervals of the ttft
+comparisons, ``report`` the targets and the table, ``profiling`` py-spy, ``cold_commit`` the opening
+transaction's cost in a busy and in an idle process. ``ROUNDS.md`` keeps each optimisation round's figures.
 """
