@@ -14,7 +14,9 @@ from datetime import UTC, datetime
 
 from .config import Settings
 
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName", "color_message"}
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message", "asctime", "taskName", "color_message",
+}
 
 
 _TOKEN_IN_URL = re.compile(r"([?&](?:token|access_token|key)=)[^&\s\"']+", re.IGNORECASE)

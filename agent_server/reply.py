@@ -237,7 +237,8 @@ class Reply:
                 await result
         self._metrics.observe_call(
             route=self.route, model=model, status=call_status, error_type=error_type, usage=stats.usage,
-            cost=cost, latency_s=stats.latency_ms / 1000, ttft_s=None if stats.ttft_ms is None else stats.ttft_ms / 1000,
+            cost=cost, latency_s=stats.latency_ms / 1000,
+            ttft_s=None if stats.ttft_ms is None else stats.ttft_ms / 1000,
         )
         self.outcome = ReplyOutcome(
             conversation_id=self.conversation_id,

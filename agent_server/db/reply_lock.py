@@ -101,7 +101,8 @@ def claim_values(*, token: str, holder: Holder, now: datetime) -> dict:
 
 def claim(conn: Connection, *, conversation_id: str, token: str, holder: Holder, now: datetime) -> None:
     """Mark the lock held, inside the write transaction that found it free."""
-    writes.set_reply_lock(conn, conversation_id=conversation_id, values=claim_values(token=token, holder=holder, now=now))
+    values = claim_values(token=token, holder=holder, now=now)
+    writes.set_reply_lock(conn, conversation_id=conversation_id, values=values)
 
 
 def release(conn: Connection, *, conversation_id: str, token: str, now: datetime) -> None:

@@ -89,7 +89,8 @@ def test_volume_is_mounted_on_the_database_folder() -> None:
     config = fly()
     mount = config["mounts"]
     assert mount["source"] and mount["destination"].startswith("/")
-    for where, url in (("fly.toml [env]", config["env"]["DATABASE_URL"]), ("Dockerfile", dockerfile_env("DATABASE_URL"))):
+    urls = (("fly.toml [env]", config["env"]["DATABASE_URL"]), ("Dockerfile", dockerfile_env("DATABASE_URL")))
+    for where, url in urls:
         database = Settings(_env_file=None, DATABASE_URL=url).database_path
         assert database is not None and database.is_absolute(), f"{where}: DATABASE_URL must name an absolute file"
         assert database.parent == Path(mount["destination"]), f"{where}: {database} is not on the volume"

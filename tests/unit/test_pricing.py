@@ -210,7 +210,8 @@ def test_json_file_adds_a_model_with_default_cache_prices(tmp_path: Path) -> Non
     assert (price.cache_write_5m, price.cache_write_1h, price.cache_read) == (D("0.125"), D("0.2"), D("0.01"))
     assert (price.source, price.as_of) == ("acme.example", "2026-11")
     usage = Usage(input_tokens=10, output_tokens=10, cache_creation_input_tokens=10, cache_read_input_tokens=10)
-    assert table.cost("acme-large", usage) == (10 * D("0.1") + 10 * D("0.7") + 10 * D("0.125") + 10 * D("0.01")) / MILLION
+    expected = (10 * D("0.1") + 10 * D("0.7") + 10 * D("0.125") + 10 * D("0.01")) / MILLION
+    assert table.cost("acme-large", usage) == expected
     # The built-in models are still there, unchanged.
     assert set(REFERENCE) <= table.models
     assert table.cost("claude-haiku-4-5", Usage(output_tokens=1_000_000)) == D("5")
