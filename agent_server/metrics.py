@@ -1,15 +1,17 @@
-"""Prometheus metrics of one process (``GET /metrics``).
+"""Prometheus metrics (``GET /metrics``).
 
-Each process has its own registry, so tests can build apps side by side. With ``--workers N`` every
-worker counts its own traffic and a scrape reaches one of them: run one worker per machine when the
-figures matter (the Fly setup does), or scrape each worker.
+One process: its own registry (so tests can build apps side by side). ``agent-server serve --workers N``:
+a scrape reaches one worker, so every worker writes its values to files in ``PROMETHEUS_MULTIPROC_DIR``
+(``server.py`` sets it before the workers start) and each scrape adds up all of them: the figures are the
+server's, whichever worker answers. The gauges count live workers only (a dead worker's files are marked
+dead by the supervisor when it reaps it); the counters keep what dead workers counted.
 """
 
 from __future__ import annotations
 
 from decimal import Decimal
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess, values
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .pricing import Usage
@@ -20,8 +22,15 @@ DB_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
+def shared_by_workers() -> bool:
+    """Whether this process's metric values live in the workers' shared files (prometheus_client decides
+    when it is imported, from ``PROMETHEUS_MULTIPROC_DIR``)."""
+    return values.ValueClass is not values.MutexValue
+
+
 class Metrics:
     def __init__(self) -> None:
+        self.shared = shared_by_workers()
         self.registry = registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "agent_http_requests", "HTTP requests and WebSocket sessions by route and status",
@@ -44,8 +53,10 @@ class Metrics:
         self.unpriced = Counter(
             "agent_unpriced_calls", "Upstream calls whose model has no price", ["model"], registry=registry
         )
-        self.in_flight = Gauge("agent_replies_in_flight", "Replies being generated now", registry=registry)
-        self.ws_sessions = Gauge("agent_websocket_sessions", "Open WebSocket sessions", registry=registry)
+        self.in_flight = Gauge("agent_replies_in_flight", "Replies being generated now", registry=registry,
+                               multiprocess_mode="livesum")
+        self.ws_sessions = Gauge("agent_websocket_sessions", "Open WebSocket sessions", registry=registry,
+                                 multiprocess_mode="livesum")
         self.rate_limited = Counter(
             "agent_rate_limited", "Calls refused by this server's limits", ["reason"], registry=registry
         )
@@ -83,4 +94,8 @@ class Metrics:
             self.cost.labels(model).inc(float(cost))
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if not self.shared:
+            return generate_latest(self.registry)
+        every_worker = CollectorRegistry()
+        multiprocess.MultiProcessCollector(every_worker)
+        return generate_latest(every_worker)

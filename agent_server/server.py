@@ -4,20 +4,31 @@ Plain uvicorn, on SIGTERM, closes WebSockets at once (code 1012) and only later 
 shutdown. Here the first signal starts our drain while connections stay open: new replies are refused,
 replies in flight get the grace period, the rest are interrupted with a final ``shutdown`` event after
 their partial turns are stored. Then uvicorn shuts down as usual. A second signal exits at once.
+
+With several workers, each writes its metrics to a shared folder so that any of them can answer a scrape
+with the server's figures (``metrics.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
+import os
+import shutil
 import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import uvicorn
 from uvicorn.supervisors import multiprocess
 from uvicorn.supervisors.multiprocess import Process
 
 log = logging.getLogger("agent_server")
+# Where the workers' metric values are added up (read by prometheus_client when each worker imports it).
+METRICS_DIRECTORY = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class DrainingServer(uvicorn.Server):
@@ -66,16 +77,52 @@ class _DrainingProcess(Process):
             self._server = DrainingServer(config=self.config)
         return self._server
 
+    def join(self) -> None:
+        # The supervisor reaps a worker here, whether it stopped or died: its gauges stop counting.
+        super().join()
+        if self.pid is not None and METRICS_DIRECTORY in os.environ:
+            from prometheus_client import multiprocess as shared_metrics
+
+            shared_metrics.mark_process_dead(self.pid)
+
+
+@contextlib.contextmanager
+def metrics_shared_by_workers() -> Iterator[Path]:
+    """A folder where the workers write their metric values, so that a scrape adds up all of them.
+
+    The operator's ``PROMETHEUS_MULTIPROC_DIR`` if set (emptied of an earlier run's files first, as
+    prometheus_client requires); otherwise a temporary folder, removed at exit.
+    """
+    given = os.environ.get(METRICS_DIRECTORY)
+    if given:
+        folder = Path(given)
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.db"):
+            stale.unlink()
+        yield folder
+        return
+    folder = Path(tempfile.mkdtemp(prefix="agent-server-metrics-"))
+    os.environ[METRICS_DIRECTORY] = str(folder)
+    try:
+        yield folder
+    finally:
+        del os.environ[METRICS_DIRECTORY]
+        shutil.rmtree(folder, ignore_errors=True)
+
 
 def run(config: uvicorn.Config) -> bool:
     """Serve ``config`` (one process, or a supervisor and ``config.workers`` processes); True if it started."""
     if config.workers <= 1:
-        server = DrainingServer(config)
-        server.run()
+        # One process needs no shared folder; if the operator set one anyway, it is prepared the same way.
+        with metrics_shared_by_workers() if METRICS_DIRECTORY in os.environ else contextlib.nullcontext():
+            server = DrainingServer(config)
+            server.run()
         return server.started
     sock = config.bind_socket()
     # uvicorn's supervisor builds its workers from this module-level name; the child processes unpickle
     # our subclass by its qualified name, so each worker runs a DrainingServer.
     multiprocess.Process = _DrainingProcess
-    multiprocess.Multiprocess(config, sockets=[sock]).run()
+    with metrics_shared_by_workers() as folder:
+        log.info("%d workers; their metrics are added up from %s", config.workers, folder)
+        multiprocess.Multiprocess(config, sockets=[sock]).run()
     return True

@@ -93,7 +93,8 @@ class ServerProcess:
 
 
 def server_env(database_url: str, fake=None, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENT_", "ANTHROPIC_")) and k != "DATABASE_URL"}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AGENT_", "ANTHROPIC_")) and k not in ("DATABASE_URL", "PROMETHEUS_MULTIPROC_DIR")}
     env.update(
         DATABASE_URL=database_url,
         AGENT_API_KEYS=f"alice:{ALICE},bob:{BOB}",

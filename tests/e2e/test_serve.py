@@ -6,16 +6,22 @@ SQLite file. Faults come from the fake upstream's script; waits are on the strea
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 from alembic.script import ScriptDirectory
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import auth
 from tests.e2e.conftest import free_port, server_env
@@ -297,3 +303,109 @@ def test_two_workers_share_one_database(start_server, e2e_database_url, fake):
     assert [(t["role"], t["content"], t["status"]) for t in audit["turns"]] == [
         (role, text, "complete") for role, text in [*history, ("user", "Turn 9"), ("assistant", replies[9])]
     ]
+
+
+def sample(exposition: str, name: str, **labels: str) -> float | None:
+    """One sample of a Prometheus text exposition (None when it is not there)."""
+    for family in text_string_to_metric_families(exposition):
+        for found in family.samples:
+            if found.name == name and all(found.labels.get(k) == v for k, v in labels.items()):
+                return found.value
+    return None
+
+
+def replies_counted_by_each_worker(folder: Path) -> dict[int, float]:
+    """Worker pid -> the upstream calls it counted, read from its own file in the shared metrics folder."""
+    counted = {}
+    for path in folder.glob("counter_*.db"):
+        pid = int(path.stem.rsplit("_", 1)[1])
+        for family in MultiProcessCollector.merge([str(path)]):
+            for found in family.samples:
+                if found.name == "agent_upstream_calls_total":
+                    counted[pid] = counted.get(pid, 0) + found.value
+    return counted
+
+
+def leave_a_stale_count(folder: Path, pid: int, replies: float) -> None:
+    """What a worker of an earlier run left in the metrics folder: ``replies`` upstream calls."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stale = MmapedDict(str(folder / f"counter_{pid}.db"))
+    key = mmap_key("agent_upstream_calls", "agent_upstream_calls_total", ("route", "model", "status"),
+                   ("agent", "claude-sonnet-5-5", "ok"), "Replies asked of the upstream, by route, model and outcome")
+    stale.write_value(key, replies, 0.0)
+    stale.close()
+
+
+def test_a_scrape_adds_up_every_workers_metrics_also_after_one_dies(start_server, e2e_database_url, fake, tmp_path):
+    folder = tmp_path / "metrics"
+    leave_a_stale_count(folder, pid=4_000_000, replies=1000)  # above any live pid: an earlier run's, wiped at start
+    server = start_server(server_env(e2e_database_url, fake, PROMETHEUS_MULTIPROC_DIR=str(folder)),
+                          args=("--workers", "2"))
+    workers = set(worker_processes(server.proc.pid))
+    assert len(workers) == 2
+
+    def fresh_connection(i: int) -> httpx.Response:  # no keep-alive: each request may land on either worker
+        return httpx.post(f"{server.base_url}/agent", json={"message": f"Hello {i}"}, headers=auth(), timeout=30)
+
+    sent = 0
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        while set(replies_counted_by_each_worker(folder)) != workers and sent < 160:
+            responses = list(pool.map(fresh_connection, range(sent, sent + 8)))
+            assert [r.status_code for r in responses] == [200] * 8, [r.text for r in responses]
+            sent += 8
+    counted = replies_counted_by_each_worker(folder)
+    assert set(counted) == workers and sum(counted.values()) == sent  # each worker served some of them
+
+    def scrape() -> str:  # a fresh connection: either worker may answer
+        response = httpx.get(f"{server.base_url}/metrics", headers=auth(), timeout=30)
+        assert response.status_code == 200, response.text
+        return response.text
+
+    for _ in range(4):  # each worker alone counted fewer than `sent`: every scrape must add up both
+        text = scrape()
+        assert sample(text, "agent_http_requests_total", route="/agent", status="200") == sent
+        assert sample(text, "agent_upstream_calls_total", route="agent", status="ok") == sent
+        assert sample(text, "agent_replies_in_flight") == 0
+
+    victim = min(workers)
+    assert (folder / f"gauge_livesum_{victim}.db").exists()
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while (replaced := set(worker_processes(server.proc.pid))) == workers or len(replaced) != 2:
+        assert time.monotonic() < deadline, f"the supervisor did not replace worker {victim}"
+        time.sleep(0.1)
+    server.wait_ready()
+    assert not (folder / f"gauge_livesum_{victim}.db").exists()  # the dead worker's gauges no longer count
+    for _ in range(4):
+        text = scrape()
+        assert sample(text, "agent_upstream_calls_total", route="agent", status="ok") == sent  # kept
+        assert sample(text, "agent_replies_in_flight") == 0
+
+
+def test_serve_keeps_its_workers_metrics_in_a_folder_of_its_own_and_removes_it(start_server, e2e_database_url,
+                                                                                fake):
+    server = start_server(server_env(e2e_database_url, fake), args=("--workers", "2"))
+    announced = [json.loads(line)["message"] for line in lines(server.log()) if "metrics are added up" in line]
+    assert len(announced) == 1, server.log()
+    folder = Path(announced[0].rsplit(" ", 1)[1])
+    assert folder.is_dir()
+    with client_for(server) as client:
+        say(client, "Hello")
+        assert sample(client.get("/metrics").text, "agent_upstream_calls_total", route="agent", status="ok") == 1
+
+    server.stop()
+
+    assert server.proc.returncode == 0 and not folder.exists()
+
+
+def test_one_worker_given_a_metrics_folder_starts_it_afresh(start_server, e2e_database_url, fake, tmp_path):
+    folder = tmp_path / "metrics"
+    leave_a_stale_count(folder, pid=4_000_000, replies=1000)
+    server = start_server(server_env(e2e_database_url, fake, PROMETHEUS_MULTIPROC_DIR=str(folder)))
+
+    with client_for(server) as client:
+        say(client, "Hello")
+        text = client.get("/metrics").text
+
+    assert sample(text, "agent_upstream_calls_total", route="agent", status="ok") == 1
+    assert sample(text, "agent_replies_in_flight") == 0
