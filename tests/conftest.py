@@ -14,10 +14,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent_server.app import AgentServerApp
-from agent_server.config import Settings, get_settings
-from agent_server.db.migrations import upgrade_to_head
-from agent_server.fake_upstream import FakeConfig, FakeUpstream
+# In-process apps keep their metrics in memory: prometheus_client reads this when it is first imported
+# (below, through the app), so a developer's shared-metrics folder must not leak into the tests.
+os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+
+from agent_server.app import AgentServerApp  # noqa: E402
+from agent_server.config import Settings, get_settings  # noqa: E402
+from agent_server.db.migrations import upgrade_to_head  # noqa: E402
+from agent_server.fake_upstream import FakeConfig, FakeUpstream  # noqa: E402
 
 ALICE = "alice-secret-0123456789"
 BOB = "bob-secret-0123456789abc"
