@@ -224,8 +224,8 @@ def _begin_reply(
         model, system = params.model or stored.model, stored.system
         reply_lock.claim(conn, conversation_id=conversation_id, token=token, holder=holder, now=now)
         turns = writes.turns_for_history(conn, conversation_id=conversation_id)
-        seq = turns[-1].seq + 1 if turns else 1
-        history = [(t.seq, t.role, t.content) for t in turns if t.status == "complete"]
+        seq = turns[-1][0] + 1 if turns else 1
+        history = [(number, role, content) for number, role, status, content in turns if status == "complete"]
     prompt_turn_id = writes.save_turn(
         conn, conversation_id=conversation_id, seq=seq, role="user", content=params.message, status="complete",
         now=now,
