@@ -54,8 +54,9 @@ class StoredConversation(NamedTuple):
     lock_expires_at: datetime | None
 
 
-# A turn as history reads it: (seq, role, status, content). Plain tuples, not a NamedTuple: building one
-# per row cost a quarter of reading a 1,000-turn history (~0.35 ms of ~1.4, measured).
+# A turn as history reads it: (seq, role, status, content). Plain tuples, not a NamedTuple: building one per
+# row was a third of opening a reply on a 1,000-turn conversation (`python -m bench.cold_commit --turns 1000`:
+# 1.15 ms back to back with them, 0.77 ms without).
 HistoryRow = tuple[int, str, str, str]
 
 

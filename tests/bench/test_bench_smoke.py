@@ -127,14 +127,16 @@ def test_the_load_generator_can_run_on_asyncio(tmp_path) -> None:
     assert _is_number(result["sections"]["ttft"]["server"]["1"]["overhead_p50_ms"])
 
 
-def test_cold_commit_diagnostic_prints_each_step() -> None:
-    """``python -m bench.cold_commit``: the opening transaction's steps, back to back and after a pause."""
-    proc = subprocess.run([sys.executable, "-m", "bench.cold_commit", "--samples", "3", "--pause", "0.001"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+@pytest.mark.parametrize("turns", [0, 20])
+def test_cold_commit_diagnostic_prints_each_step(turns: int) -> None:
+    """``python -m bench.cold_commit``: the opening transaction's steps, back to back and after a pause, for a
+    new conversation and (``--turns``) for one continued after its stored turns."""
+    proc = subprocess.run([sys.executable, "-m", "bench.cold_commit", "--samples", "3", "--pause", "0.001",
+                           "--turns", str(turns)], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
     assert "back to back" in lines[0] and "after a 1 ms pause" in lines[0]
     rows = {line[:28].strip(): line[28:].split() for line in lines[1:]}
-    assert set(rows) == {"BEGIN IMMEDIATE", "inserts and their Python", "COMMIT", "whole transaction"}
+    assert set(rows) == {"BEGIN IMMEDIATE", "reads, inserts, their Python", "COMMIT", "whole transaction"}
     for values in rows.values():
         assert len(values) == 2 and all(value.isdigit() for value in values)
