@@ -91,17 +91,21 @@ def test_meta_describes_the_machine(result: dict) -> None:
     assert meta["quick"] is True and meta["machine"]["nproc"] >= 1 and meta["machine"]["cpu_model"]
 
 
-def test_ttft_against_another_revision_runs_it_in_the_same_rounds(tmp_path) -> None:
-    """``--ttft-against REV``: agent_server as of REV is a fourth target of the ttft rounds (an A/B in one run)."""
-    out = tmp_path / "against.json"
+def quick_ttft(tmp_path: Path, *flags: str) -> tuple[str, dict]:
+    """``python -m bench --quick --only ttft`` with ``flags``: its table and its result."""
+    out = tmp_path / "ttft.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "ttft", "--ttft-against", "HEAD", "--out", str(out),
-         "--no-progress"],
+        [sys.executable, "-m", "bench", "--quick", "--only", "ttft", *flags, "--out", str(out), "--no-progress"],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    return proc.stdout, json.loads(out.read_text())
+
+
+def test_ttft_against_another_revision_runs_it_in_the_same_rounds(tmp_path) -> None:
+    """``--ttft-against REV``: agent_server as of REV is a fourth target of the ttft rounds (an A/B in one run)."""
+    table, result = quick_ttft(tmp_path, "--ttft-against", "HEAD")
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
-    result = json.loads(out.read_text())
     ttft = result["sections"]["ttft"]
     assert result["meta"]["ttft_against"] == ttft["config"]["against_revision"] == head.strip()[:12]
     assert set(ttft["against"]) == set(ttft["server"])  # both levels
@@ -109,19 +113,12 @@ def test_ttft_against_another_revision_runs_it_in_the_same_rounds(tmp_path) -> N
         assert _is_number(level["overhead_p50_ms"]) and level["errors"] == 0
         assert level["ttft"]["n"] == ttft["server"][name]["ttft"]["n"]  # the same rounds as the server's
         assert level["vs_server"]["resampled_rounds"] == ttft["server"][name]["vs_baseline"]["resampled_rounds"]
-    assert "agent_server at" in proc.stdout
+    assert "agent_server at" in table
 
 
 def test_the_load_generator_can_run_on_asyncio(tmp_path) -> None:
     """``--client-loop asyncio``: the same rounds driven from asyncio's own loop instead of uvloop."""
-    out = tmp_path / "asyncio.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "ttft", "--client-loop", "asyncio", "--out", str(out),
-         "--no-progress"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-    result = json.loads(out.read_text())
+    _, result = quick_ttft(tmp_path, "--client-loop", "asyncio")
     assert result["meta"]["client_loop"] == "asyncio"
     assert result["sections"]["ttft"]["server"]["1"]["errors"] == 0
     assert _is_number(result["sections"]["ttft"]["server"]["1"]["overhead_p50_ms"])
