@@ -11,6 +11,7 @@ import ipaddress
 import sys
 
 from .app import FakeConfig
+from .replies import TTFT_CLOCKS
 from .server import build_server
 
 
@@ -33,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--token-delay", type=float, default=0.0, help="seconds between tokens")
     parser.add_argument("--n-tokens", type=int, default=None, help="reply length; default echoes the prompt")
     parser.add_argument("--require-key", default=None, help="the only API key accepted")
+    parser.add_argument("--ttft-from", choices=TTFT_CLOCKS, default="accepted",
+                        help="when the time to first token starts: when the reply is accepted (like a real model), "
+                             "or once the response head is sent (this fake's old behaviour)")
     parser.add_argument("--log-level", default="warning")
     return parser
 
@@ -40,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     config = FakeConfig(
-        ttft=args.ttft, token_delay=args.token_delay, n_tokens=args.n_tokens, require_key=args.require_key
+        ttft=args.ttft, token_delay=args.token_delay, n_tokens=args.n_tokens, require_key=args.require_key,
+        ttft_from=args.ttft_from,
     )
     host_in_url = f"[{args.host}]" if ":" in args.host else args.host
 

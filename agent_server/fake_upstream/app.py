@@ -4,7 +4,8 @@ Control API (JSON, for tests and benchmarks):
   POST /_fake/script   {"behaviours": [Behaviour, ...]}  appends to the script
   POST /_fake/reset    clears the script and every record
   GET  /_fake/requests {"requests": [{"id", "path", "body", "retry_count", "stream", "status"}]}
-  GET  /_fake/streams  {"streams": [{"request_id", "outcome", "tokens_sent"}]}
+  GET  /_fake/streams  {"streams": [{"request_id", "outcome", "tokens_sent", "head_ms", "first_delta_ms"}]}
+                       (milliseconds from when the reply was accepted; see StreamedReply)
   GET  /_fake/wait?outcome=disconnected&count=1&timeout=10   or   ?requests=N&timeout=10
        long-polls: 200 {"ok": true, ...} once satisfied, 408 {"ok": false, ...} on timeout.
 """
@@ -39,6 +40,7 @@ class FakeConfig:
     token_delay: float = 0.0
     n_tokens: int | None = None  # None: echo the last user message
     require_key: str | None = None  # None: any non-empty key is accepted
+    ttft_from: str = "accepted"  # when the time to first token starts: see StreamedReply
 
 
 @dataclass
@@ -145,7 +147,7 @@ async def create_message(request: Request) -> Any:
         return HangingReply(reply, fake.recorder, stream=stream)
     headers = {"request-id": request_id}
     if stream:
-        return StreamedReply(reply, fake.recorder, headers)
+        return StreamedReply(reply, fake.recorder, headers, ttft_from=fake.config.ttft_from)
     # A non-streamed reply arrives once "generation" is done.
     await asyncio.sleep(reply.ttft + reply.token_delay * max(len(reply.tokens) - 1, 0))
     return _JSON(reply.message(), headers=headers)

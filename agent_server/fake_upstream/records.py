@@ -19,6 +19,8 @@ class StreamRecord:
     request_id: str
     outcome: str = "open"
     tokens_sent: int = 0
+    head_ms: float | None = None  # accepted -> response head sent
+    first_delta_ms: float | None = None  # accepted -> first text delta sent (the fake's own TTFT)
 
 
 class Recorder:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -55,25 +56,56 @@ class Reply:
         )
 
 
+def _settle(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _ms_since(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 3)
+
+
 async def _wait_for_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
 
 
-class StreamedReply:
-    """A `text/event-stream` reply, one event per body message so nothing is buffered."""
+TTFT_CLOCKS = ("accepted", "head-sent")
 
-    def __init__(self, reply: Reply, recorder: Recorder, headers: dict[str, str]) -> None:
+
+class StreamedReply:
+    """A `text/event-stream` reply, one event per body message so nothing is buffered.
+
+    The time to first token runs from when the reply was accepted (``ttft_from="accepted"``), as a real
+    model's does: its generation does not wait for the response head to reach the client. Starting it after
+    the head (``"head-sent"``, how this fake used to work) lets the client under test slow the "model" down:
+    on a machine where fake and client share cores, the write of the head wakes the client, which can hold
+    the fake's core for a few hundred microseconds (measured on the benchmark's 2 cores: the head took
+    0.39 ms to send to agent_server, 0.05 ms to the baseline proxy), and that was added to the client's TTFT.
+    The record of each stream keeps how long the head took to send and when the first delta went out.
+    """
+
+    def __init__(self, reply: Reply, recorder: Recorder, headers: dict[str, str], *, ttft_from: str = "accepted"):
+        if ttft_from not in TTFT_CLOCKS:
+            raise ValueError(f"ttft_from must be one of {', '.join(TTFT_CLOCKS)}")
         self.reply = reply
         self.recorder = recorder
         self.headers = {**headers, "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
+        self.ttft_from = ttft_from
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        accepted = time.perf_counter()
         record = self.recorder.open_stream(self.reply.request_id)
         raw_headers = [(key.encode(), value.encode()) for key, value in self.headers.items()]
+        loop = asyncio.get_running_loop()
+        first_token_due = loop.create_future()
+        timer = loop.call_later(self.reply.ttft, _settle, first_token_due) if self.ttft_from == "accepted" else None
         try:
             await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
-            sender = asyncio.create_task(self._send_events(send, record))
+            record.head_ms = _ms_since(accepted)
+            if timer is None:
+                timer = loop.call_later(self.reply.ttft, _settle, first_token_due)
+            sender = asyncio.create_task(self._send_events(send, record, first_token_due, accepted))
             listener = asyncio.create_task(_wait_for_disconnect(receive))
             try:
                 await asyncio.wait({sender, listener}, return_when=asyncio.FIRST_COMPLETED)
@@ -84,13 +116,17 @@ class StreamedReply:
         except OSError:
             return  # the client went away before the headers went out
         finally:
+            if timer is not None:
+                timer.cancel()
             # Whatever has not settled by now ended because the client left (or we were cancelled).
             self.recorder.finish_stream(record, "disconnected")
         error = None if sender.cancelled() else sender.exception()
         if error is not None and not isinstance(error, OSError):
             raise error  # DroppedConnection on purpose, anything else is a bug worth seeing
 
-    async def _send_events(self, send: Send, record: StreamRecord) -> None:
+    async def _send_events(
+        self, send: Send, record: StreamRecord, first_token_due: asyncio.Future, accepted: float
+    ) -> None:
         reply = self.reply
 
         async def emit(chunk: bytes) -> None:
@@ -101,8 +137,13 @@ class StreamedReply:
         for index, token in enumerate(reply.tokens):
             if await self._fault(index, emit, send, record):
                 return
-            await asyncio.sleep(reply.ttft if index == 0 else reply.token_delay)
+            if index == 0:
+                await first_token_due
+            else:
+                await asyncio.sleep(reply.token_delay)
             await emit(wire.text_delta(token))
+            if index == 0:
+                record.first_delta_ms = _ms_since(accepted)
             record.tokens_sent += 1
         if await self._fault(len(reply.tokens), emit, send, record):
             return

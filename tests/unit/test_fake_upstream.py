@@ -15,6 +15,8 @@ import pytest
 
 from agent_server.fake_upstream import Behaviour, FakeConfig, FakeUpstream, OfflineStubTransport
 from agent_server.fake_upstream import wire
+from agent_server.fake_upstream.records import Recorder
+from agent_server.fake_upstream.replies import Reply, StreamedReply
 
 MODEL = "claude-sonnet-5-5"
 HELLO = [{"role": "user", "content": "hello there"}]
@@ -93,7 +95,10 @@ async def test_streamed_tokens_usage_and_request_id(fake: FakeUpstream, make_cli
     assert final.usage.cache_creation_input_tokens == final.usage.cache_read_input_tokens == 0
     assert request_id == fake.requests()[0]["id"]
     fake.wait_for("completed")
-    assert fake.streams() == [{"request_id": request_id, "outcome": "completed", "tokens_sent": 5}]
+    [stream_record] = fake.streams()
+    assert (stream_record["request_id"], stream_record["outcome"], stream_record["tokens_sent"]) == (
+        request_id, "completed", 5)
+    assert 0 <= stream_record["head_ms"] <= stream_record["first_delta_ms"]
 
 
 async def test_cache_usage_override_with_breakdown(fake: FakeUpstream, make_client) -> None:
@@ -205,7 +210,8 @@ async def test_dropped_connection_mid_stream(fake: FakeUpstream, make_client) ->
     with pytest.raises(httpx2.RemoteProtocolError):
         await collect(make_client(fake.base_url, max_retries=2), tokens)
     assert tokens == ["tok0 ", "tok1 "]
-    assert fake.streams()[0] | {"request_id": None} == {"request_id": None, "outcome": "dropped", "tokens_sent": 2}
+    dropped = fake.streams()[0]
+    assert (dropped["outcome"], dropped["tokens_sent"]) == ("dropped", 2)
 
 
 async def test_client_leaving_early_is_seen_as_disconnect(fake: FakeUpstream, make_client) -> None:
@@ -256,6 +262,52 @@ async def test_ttft_and_token_delay_are_observed(fake: FakeUpstream, make_client
     assert text_times[0] - stamps["start"] >= 0.25  # message_start came at once, text after ttft
     gaps = [later - earlier for earlier, later in zip(text_times, text_times[1:])]
     assert all(gap >= 0.04 for gap in gaps), gaps
+
+
+@pytest.mark.parametrize("ttft_from", ["accepted", "head-sent"])
+async def test_time_to_first_token_runs_from_acceptance_not_from_the_head(ttft_from: str) -> None:
+    """A response head that takes long to send (on a shared machine the client under test may hold the core)
+    does not delay the first token: like a real model's, the fake's clock starts when it accepts the reply.
+    ``head-sent`` keeps the old behaviour, for comparison."""
+    ttft, head_hold = 0.2, 0.3
+    reply = Reply(
+        request_id="req_1", message_id="msg_1", model=MODEL, tokens=["first", " second"],
+        usage=wire.build_usage(input_tokens=3, output_tokens=2), stop_reason="end_turn", ttft=ttft,
+        token_delay=0.0, behaviour=Behaviour(),
+    )
+    recorder = Recorder()
+    sent: list[tuple[bytes, float]] = []
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            await asyncio.sleep(head_hold)  # the condition under test: a head held up longer than the TTFT
+            sent.append((b"<head>", time.monotonic()))
+        else:
+            sent.append((message.get("body", b""), time.monotonic()))
+
+    async def receive() -> dict:
+        await asyncio.Event().wait()  # the client never leaves
+        return {}
+
+    await StreamedReply(reply, recorder, {"request-id": "req_1"}, ttft_from=ttft_from)({}, receive, send)
+
+    head_at = next(at for body, at in sent if body == b"<head>")
+    first_delta_at = next(at for body, at in sent if b"text_delta" in body)
+    [record] = recorder.streams
+    assert record.outcome == "completed" and record.tokens_sent == 2
+    assert record.head_ms is not None and record.head_ms >= head_hold * 1000
+    assert record.first_delta_ms is not None
+    if ttft_from == "accepted":
+        assert first_delta_at - head_at < ttft / 2  # it was due before the head went out
+        assert record.first_delta_ms < (head_hold + ttft / 2) * 1000
+    else:
+        assert first_delta_at - head_at >= ttft * 0.9
+        assert record.first_delta_ms >= (head_hold + ttft * 0.9) * 1000
+
+
+def test_the_fake_refuses_an_unknown_ttft_clock() -> None:
+    with pytest.raises(ValueError, match="ttft_from"):
+        StreamedReply(None, Recorder(), {}, ttft_from="whenever")  # type: ignore[arg-type]
 
 
 TRICKY = [
