@@ -25,6 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
+from agent_server.fake_upstream.replies import TTFT_CLOCKS
+
 from . import report, sysinfo
 from .procs import REPO_ROOT, Processes
 from .progress import Progress
@@ -38,6 +40,12 @@ SECTIONS = {"ttft": ttft.run, "throughput": throughput.run, "fanout": fanout.run
 KNOBS: dict[str, tuple] = {
     "ttft_upstream": (0.02, 0.02, float, "ttft: the fake's own time to first token, seconds"),
     "ttft_tokens": (5, 3, int, "ttft: tokens per reply"),
+    "ttft_token_delay": (0.005, 0.002, float, "ttft: the fake's delay between tokens, seconds; at 0 the rest of "
+                                              "the reply, and storing it, competes with the client's read of "
+                                              "the first token for the shared cores"),
+    "ttft_fake_clock": ("accepted", "accepted", str, "ttft: when the fake's time to first token starts: "
+                                                     "'accepted' (like a real model) or 'head-sent' (after its "
+                                                     "response head, as the harness did before)"),
     "ttft_samples": (200, 8, int, "ttft: measured rounds at 1 stream (one request per target per round)"),
     "ttft_streams": (64, 8, int, "ttft: the high concurrency level"),
     "ttft_rounds": (12, 2, int, "ttft: measured rounds at the high level (each: that many streams per target)"),
@@ -120,6 +128,8 @@ def resolve(args: argparse.Namespace) -> SimpleNamespace:
         raise SystemExit(f"python -m bench: unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     if plan.ttft_client not in ("raw", "httpx"):
         raise SystemExit("python -m bench: --ttft-client must be 'raw' or 'httpx'")
+    if plan.ttft_fake_clock not in TTFT_CLOCKS:
+        raise SystemExit(f"python -m bench: --ttft-fake-clock must be one of {', '.join(TTFT_CLOCKS)}")
     if plan.client_loop not in ("uvloop", "asyncio"):
         raise SystemExit("python -m bench: --client-loop must be 'uvloop' or 'asyncio'")
     if plan.ws_compression not in ("deflate", "none"):

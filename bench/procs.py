@@ -136,13 +136,21 @@ def _signal_group(child: Child, sig: int) -> None:
         pass
 
 
+def _harness_first() -> str:
+    """A PYTHONPATH that imports this harness's code first (the fake, the baseline proxy), also with ``--rev``."""
+    return os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+
+
 def start_fake(procs: Processes, name: str, *, ttft: float, token_delay: float, n_tokens: int,
-               timeout: float = 30) -> Child:
-    """The fake Messages API on a port of its choosing; returns once it printed its address."""
+               ttft_from: str = "accepted", timeout: float = 30) -> Child:
+    """The fake Messages API on a port of its choosing; returns once it printed its address.
+
+    Always this harness's fake, also with ``--rev``: it is part of the measuring apparatus, like the
+    baseline proxy, so two revisions are measured against the same upstream."""
     argv = [sys.executable, "-m", "agent_server.fake_upstream", "--host", "127.0.0.1", "--port", "0",
             "--ttft", str(ttft), "--token-delay", str(token_delay), "--n-tokens", str(n_tokens),
-            "--log-level", "warning"]
-    child = procs.spawn(name, argv, clean_env())
+            "--ttft-from", ttft_from, "--log-level", "warning"]
+    child = procs.spawn(name, argv, clean_env(PYTHONPATH=_harness_first()))
     deadline = time.monotonic() + timeout
     marker = "fake-upstream listening on "
     while time.monotonic() < deadline:
@@ -180,8 +188,7 @@ def start_server(procs: Processes, name: str, *, env: dict[str, str], workers: i
 def start_proxy(procs: Processes, name: str, *, fake_url: str, upstream_key: str, workers: int) -> Child:
     """The baseline proxy (``bench/baseline_proxy.py``) under uvicorn, same worker count as the server."""
     port = free_port()
-    env = clean_env(ANTHROPIC_API_KEY=upstream_key, ANTHROPIC_BASE_URL=fake_url,
-                    PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+    env = clean_env(ANTHROPIC_API_KEY=upstream_key, ANTHROPIC_BASE_URL=fake_url, PYTHONPATH=_harness_first())
     argv = [sys.executable, "-m", "bench.baseline_proxy", "--host", "127.0.0.1", "--port", str(port),
             "--workers", str(workers)]
     return procs.spawn(name, argv, env, url=f"http://127.0.0.1:{port}", ready_path="/healthz")

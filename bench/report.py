@@ -86,6 +86,7 @@ def _fmt(value, digits: int = 2) -> str:
 
 
 Row = tuple[str, str, str, str]
+ORDER = ("server", "baseline", "direct")
 
 
 def _rows(sections: dict) -> list[tuple[str, list[Row]]]:
@@ -110,6 +111,9 @@ def _rows(sections: dict) -> list[tuple[str, list[Row]]]:
                                  f"{diff:+.2f}{span}", "", ""))
             rows.append((f"{level} stream(s): errors", _fmt(g(ttft, "server", level, "errors")),
                          _fmt(g(ttft, "baseline", level, "errors")), _fmt(g(ttft, "direct", level, "errors"))))
+            for key, label in (("first_delta_ms", "fake's first delta"), ("head_ms", "fake's response head sent")):
+                rows.append((f"{level} stream(s): {label}, ms after accepting, p50",
+                             *(_fmt(g(ttft, who, level, "fake", key, "p50"), 3) for who in ORDER)))
             if "against" in ttft:
                 revision = g(ttft, "config", "against_revision") or "?"
                 for q in ("p50", "p99"):

@@ -6,7 +6,7 @@ import asyncio
 import secrets
 import traceback
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,11 +18,13 @@ from .progress import Progress
 
 @dataclass(frozen=True)
 class FakeSpec:
-    """How the fake upstream answers: seconds to the first token, seconds between tokens, tokens per reply."""
+    """How the fake upstream answers: seconds to the first token, seconds between tokens, tokens per reply, and
+    when its time to first token starts (``agent_server/fake_upstream/replies.py: StreamedReply``)."""
 
     ttft: float
     token_delay: float
     n_tokens: int
+    ttft_from: str = "accepted"
 
 
 # --quick: every section but history shares one set of processes with this fake (starting them is the slow part).
@@ -66,7 +68,8 @@ class Run:
         """Fresh processes for ``section`` (one server per database name); with --quick, one shared set."""
         if self.plan.quick and databases is None:
             if self._shared is None:
-                self._shared = self._start("quick", QUICK_FAKE, ["quick"])
+                clock = getattr(self.plan, "ttft_fake_clock", QUICK_FAKE.ttft_from)
+                self._shared = self._start("quick", replace(QUICK_FAKE, ttft_from=clock), ["quick"])
             return self._shared
         return self._start(section, spec, databases or [section])
 
@@ -83,7 +86,7 @@ class Run:
         """Start the fake, then the servers and the proxy, and wait until all of them answer."""
         self.progress.note("starting fake upstream, agent-server(s) and baseline proxy")
         fake = p.start_fake(self.procs, f"{section}-fake", ttft=spec.ttft, token_delay=spec.token_delay,
-                            n_tokens=spec.n_tokens)
+                            n_tokens=spec.n_tokens, ttft_from=spec.ttft_from)
         servers = {}
         for name in databases:
             env = p.server_env(fake_url=fake.url, database_url=self.database_url(name), secret=self.secret,

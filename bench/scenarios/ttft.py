@@ -37,8 +37,9 @@ def _body(target: Target) -> dict:
 
 
 async def _level(run: Run, client, targets: dict[str, Target], *, streams: int, rounds: int, warmup: int,
-                 tokens: int) -> dict:
+                 tokens: int, fake_url: str) -> dict:
     order = [name for name in (*ORDER, AGAINST) if name in targets]
+    await client.post(f"{fake_url}/_fake/reset")  # its stream records become this level's, in order
     ttfts: dict[str, list[float]] = {name: [] for name in order}
     by_round: dict[str, list[list[float]]] = {name: [] for name in order}  # the same samples, round by round
     errors: dict[str, list[str]] = {name: [] for name in order}
@@ -66,12 +67,14 @@ async def _level(run: Run, client, targets: dict[str, Target], *, streams: int, 
                     errors[name].append(result.error or "no token")
         run.progress.update(f"{streams} stream(s): round {index + 1}/{warmup + rounds}")
     out: dict[str, dict] = {}
+    fake_views = fake_view((await client.get(f"{fake_url}/_fake/streams")).json()["streams"], order,
+                           streams=streams, warmup=warmup, rounds=rounds)
     direct = stats.latency_summary(ttfts["direct"])
     for name in order:
         summary = stats.latency_summary(ttfts[name])
         per_request = round(1000 * client_cpu[name] / summary["n"], 3) if summary["n"] else None
         entry = {"ttft": summary, "errors": len(errors[name]), "first_errors": errors[name][:3],
-                 "client_cpu_ms_per_request": per_request}
+                 "client_cpu_ms_per_request": per_request, "fake": fake_views.get(name)}
         if name != "direct":
             entry["overhead_p50_ms"] = stats.diff(summary["p50_ms"], direct["p50_ms"])
             entry["overhead_p99_ms"] = stats.diff(summary["p99_ms"], direct["p99_ms"])
@@ -80,6 +83,31 @@ async def _level(run: Run, client, targets: dict[str, Target], *, streams: int, 
     if AGAINST in out:
         out[AGAINST]["vs_server"] = compare(by_round, AGAINST, "server")
     return out
+
+
+def fake_view(records: list[dict], order: list[str], *, streams: int, warmup: int, rounds: int) -> dict:
+    """What the fake upstream saw of each target's measured streams: how long its response head took to send
+    and when its first delta went out, in ms from accepting the reply, p50 and p99.
+
+    The fake records streams in the order it accepted them, and rounds run one target at a time, so record
+    ``i`` belongs to round ``i // (streams * targets)`` and target ``order[i // streams % targets]``. When a
+    request never reached the fake (an error) that attribution is lost: no view then.
+    """
+    if len(records) != (warmup + rounds) * len(order) * streams:
+        return {}
+    picked: dict[str, dict[str, list[float]]] = {name: {"head_ms": [], "first_delta_ms": []} for name in order}
+    for index, record in enumerate(records):
+        if index // (streams * len(order)) < warmup:
+            continue
+        for key, values in picked[order[index // streams % len(order)]].items():
+            if record.get(key) is not None:
+                values.append(record[key])
+    return {name: {key: {"p50": _round(stats.percentile(values, 50)), "p99": _round(stats.percentile(values, 99))}
+                   for key, values in view.items()} for name, view in picked.items()}
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 def compare(rounds: dict[str, list[list[float]]], target: str, other: str) -> dict:
@@ -128,9 +156,11 @@ async def run(run: Run) -> dict:
     plan = run.plan
     run.progress.section("ttft", f"1 stream x {plan.ttft_samples} rounds, {plan.ttft_streams} streams x "
                                  f"{plan.ttft_rounds} rounds, targets interleaved")
-    stack = run.stack("ttft", FakeSpec(plan.ttft_upstream, 0.0, plan.ttft_tokens))
+    stack = run.stack("ttft", FakeSpec(plan.ttft_upstream, plan.ttft_token_delay, plan.ttft_tokens,
+                                       plan.ttft_fake_clock))
     spec = stack.spec
-    run.progress.note(f"fake TTFT {spec.ttft * 1000:.0f} ms, {spec.n_tokens} tokens a reply")
+    run.progress.note(f"fake TTFT {spec.ttft * 1000:.0f} ms from {spec.ttft_from}, {spec.n_tokens} tokens a reply "
+                      f"{spec.token_delay * 1000:g} ms apart")
     against = None
     try:
         targets = run.stream_targets(stack)
@@ -143,7 +173,8 @@ async def run(run: Run) -> dict:
                 for streams, rounds in ((1, plan.ttft_samples), (plan.ttft_streams, plan.ttft_rounds)):
                     before = await server_histograms(client, stack.server.url, run.auth)
                     levels[str(streams)] = await _level(run, client, targets, streams=streams, rounds=rounds,
-                                                        warmup=plan.ttft_warmup, tokens=spec.n_tokens)
+                                                        warmup=plan.ttft_warmup, tokens=spec.n_tokens,
+                                                        fake_url=stack.fake.url)
                     after = await server_histograms(client, stack.server.url, run.auth)
                     levels[str(streams)]["server"]["server_view"] = histogram_delta(before, after)
     finally:
@@ -151,7 +182,8 @@ async def run(run: Run) -> dict:
             run.procs.stop(against)
         run.release(stack)
     result = {
-        "config": {"fake_ttft_ms": spec.ttft * 1000, "fake_token_delay_ms": spec.token_delay * 1000,
+        "config": {"fake_ttft_ms": spec.ttft * 1000, "fake_ttft_from": spec.ttft_from,
+                   "fake_token_delay_ms": spec.token_delay * 1000,
                    "tokens": spec.n_tokens, "client": plan.ttft_client,
                    "levels": {"1": plan.ttft_samples, str(plan.ttft_streams): plan.ttft_rounds},
                    "note": "levels maps concurrent streams to measured rounds (each round = that many streams "

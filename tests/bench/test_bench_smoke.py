@@ -24,6 +24,11 @@ FIGURES = {
 }
 
 
+# uvloop's timers count whole milliseconds from the loop's last reading of the clock: one may fire up to 1 ms
+# before its delay has passed since it was set.
+UVLOOP_TIMER_SLACK_MS = 1.0
+
+
 def _dig(data, path):
     for key in path:
         assert isinstance(data, dict) and key in data, f"missing {key!r} on the way to {path}"
@@ -71,6 +76,10 @@ def test_section_has_figures_and_baselines(result: dict, section: str) -> None:
             assert p50["overhead_diff_ms"] == pytest.approx(expected, abs=0.002)
             low, high = p50["overhead_diff_ci_ms"]
             assert _is_number(low) and _is_number(high) and low <= high
+            for who in ("server", "baseline", "direct"):  # what the fake saw of each target's streams
+                fake = data[who][level]["fake"]
+                assert fake["first_delta_ms"]["p50"] >= data["config"]["fake_ttft_ms"] - UVLOOP_TIMER_SLACK_MS
+                assert 0 <= fake["head_ms"]["p50"] <= fake["first_delta_ms"]["p50"]
     if section == "throughput":
         assert _is_number(data["ratio"]) and data["server"]["persisted_rows"] >= data["server"]["completed"] > 0
     if section == "history":
@@ -122,6 +131,18 @@ def test_the_load_generator_can_run_on_asyncio(tmp_path) -> None:
     assert result["meta"]["client_loop"] == "asyncio"
     assert result["sections"]["ttft"]["server"]["1"]["errors"] == 0
     assert _is_number(result["sections"]["ttft"]["server"]["1"]["overhead_p50_ms"])
+
+
+def test_the_fake_can_start_its_ttft_clock_after_its_response_head(tmp_path) -> None:
+    """``--ttft-fake-clock head-sent``: the harness as it was, for comparison; each first delta then went out a
+    whole TTFT after the head."""
+    table, result = quick_ttft(tmp_path, "--ttft-fake-clock", "head-sent")
+    ttft = result["sections"]["ttft"]
+    assert ttft["config"]["fake_ttft_from"] == "head-sent"
+    for who in ("server", "baseline", "direct"):
+        fake, due = ttft[who]["1"]["fake"], ttft["config"]["fake_ttft_ms"] - UVLOOP_TIMER_SLACK_MS
+        assert fake["first_delta_ms"]["p50"] >= fake["head_ms"]["p50"] + due
+    assert "fake's response head sent" in table
 
 
 @pytest.mark.parametrize("turns", [0, 20])

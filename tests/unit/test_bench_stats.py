@@ -7,7 +7,7 @@ import random
 import pytest
 
 from bench import stats
-from bench.scenarios.ttft import compare
+from bench.scenarios.ttft import compare, fake_view
 
 
 def _rounds(count: int, *, extra: dict[str, float], shared_noise: float, seed: int = 1) -> dict[str, list]:
@@ -70,3 +70,19 @@ def test_rounds_where_a_target_had_no_sample_are_drawn_but_never_pooled_empty() 
     interval = stats.bootstrap_intervals(rounds, {"n": lambda pooled: float(len(pooled["a"]))})["n"]
 
     assert interval is not None and 1 <= interval[0] <= interval[1] <= 3
+
+
+def test_the_fakes_stream_records_are_attributed_to_targets_by_round_order() -> None:
+    """Rounds run one target at a time, so the fake's records come in blocks of ``streams`` per target and
+    round; warm-up rounds are left out; when a request never reached the fake, there is no view."""
+    order, streams, warmup, rounds = ["server", "baseline", "direct"], 2, 1, 2
+    records = []
+    for round_index in range(warmup + rounds):
+        for offset, _name in enumerate(order):
+            for _ in range(streams):
+                head = 1000.0 if round_index < warmup else float(offset)
+                records.append({"head_ms": head, "first_delta_ms": 20.0 + head})
+    view = fake_view(records, order, streams=streams, warmup=warmup, rounds=rounds)
+    assert {name: view[name]["head_ms"]["p50"] for name in order} == {"server": 0, "baseline": 1, "direct": 2}
+    assert view["direct"]["first_delta_ms"] == {"p50": 22.0, "p99": 22.0}
+    assert fake_view(records[:-1], order, streams=streams, warmup=warmup, rounds=rounds) == {}
