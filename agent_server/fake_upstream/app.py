@@ -3,7 +3,7 @@
 Control API (JSON, for tests and benchmarks):
   POST /_fake/script   {"behaviours": [Behaviour, ...]}  appends to the script
   POST /_fake/reset    clears the script and every record
-  GET  /_fake/requests {"requests": [{"id", "path", "body", "retry_count", "stream", "status"}]}
+  GET  /_fake/requests {"requests": [{"id", "path", "body", "content_type", "retry_count", "stream", "status"}]}
   GET  /_fake/streams  {"streams": [{"request_id", "outcome", "tokens_sent", "head_ms", "first_delta_ms"}]}
                        (milliseconds from when the reply was accepted; see StreamedReply)
   GET  /_fake/wait?outcome=disconnected&count=1&timeout=10   or   ?requests=N&timeout=10
@@ -130,6 +130,7 @@ async def create_message(request: Request) -> Any:
         "id": request_id,
         "path": request.url.path,
         "body": body,
+        "content_type": request.headers.get("content-type"),
         "retry_count": int(retry_count) if retry_count.isdigit() else None,
         "stream": stream,
         "status": 200,

@@ -157,6 +157,17 @@ async def test_reply_with_every_field_usage_and_exact_cost(client, fake) -> None
     assert "system" not in sent
 
 
+@pytest.mark.parametrize("route", ["/agent", "/agent/stream"])
+async def test_the_upstream_gets_the_message_exactly_as_json(client, fake, route) -> None:
+    tricky = 'quote " back\\slash \r\n line\u2028sep 🦀 中文 \x00 end'
+    response = await client.post(route, json={"message": tricky, "system": "Sé breve."})
+    assert response.status_code == 200, response.text
+    [sent] = fake.requests()
+    assert sent["content_type"] == "application/json"
+    assert sent["body"]["messages"] == [user(tricky)] and sent["body"]["system"] == "Sé breve."
+    assert sent["stream"] is (route == "/agent/stream")
+
+
 async def test_the_api_md_example_cost(client, fake) -> None:
     fake.script(Behaviour(text="x", usage={"input_tokens": 12, "output_tokens": 40}))
     body = exact(await client.post("/agent", json={"message": "Hi"}))
