@@ -46,7 +46,7 @@ KNOBS: dict[str, tuple] = {
     "ttft_fake_clock": ("accepted", "accepted", str, "ttft: when the fake's time to first token starts: "
                                                      "'accepted' (like a real model) or 'head-sent' (after its "
                                                      "response head, as the harness did before)"),
-    "ttft_samples": (200, 8, int, "ttft: measured rounds at 1 stream (one request per target per round)"),
+    "ttft_samples": (500, 8, int, "ttft: measured rounds at 1 stream (one request per target per round)"),
     "ttft_streams": (64, 8, int, "ttft: the high concurrency level"),
     "ttft_rounds": (12, 2, int, "ttft: measured rounds at the high level (each: that many streams per target)"),
     "ttft_warmup": (3, 1, int, "ttft: unmeasured rounds first, per level"),
