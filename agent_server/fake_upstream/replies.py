@@ -80,9 +80,10 @@ class StreamedReply:
     model's does: its generation does not wait for the response head to reach the client. Starting it after
     the head (``"head-sent"``, how this fake used to work) lets the client under test slow the "model" down:
     on a machine where fake and client share cores, the write of the head wakes the client, which can hold
-    the fake's core for a few hundred microseconds (measured on the benchmark's 2 cores: the head took
-    0.39 ms to send to agent_server, 0.05 ms to the baseline proxy), and that was added to the client's TTFT.
-    The record of each stream keeps how long the head took to send and when the first delta went out.
+    the fake's core while it handles the head, and that time was added to the client's TTFT. The record of
+    each stream keeps how long the head took to send and when the first delta went out; ``python -m bench
+    --only ttft`` prints both per target (on its 2 shared cores the head took ~0.4 ms to send to
+    agent_server, which sends its own ``start`` event then, and ~0.05 ms to the baseline proxy).
     """
 
     def __init__(self, reply: Reply, recorder: Recorder, headers: dict[str, str], *, ttft_from: str = "accepted"):

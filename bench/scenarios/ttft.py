@@ -10,6 +10,14 @@ concurrent streams httpx's connection pool and h11 parser cost the client ~15 ms
 2-core machine, and the client's own queueing then dominated every target (the fake's 20 ms TTFT read as
 ~600 ms). ``--ttft-client httpx`` keeps httpx (pooled keep-alive connections) for comparison.
 
+The fake's time to first token runs from when it accepted the request (``--ttft-fake-clock accepted``), like
+a real model's; and its tokens come ``--ttft-token-delay`` apart (5 ms), not all at once. Both matter on 2
+shared cores. Started after the fake's response head, its clock counted the time the target spent handling
+that head while holding the fake's core (each target's ``fake.head_ms``: ~0.4 ms for agent_server, which
+sends ``start`` then, ~0.05 ms for the baseline). With the whole reply arriving with its first token, storing
+the reply competed with the client's read of that token. ``--ttft-fake-clock head-sent --ttft-token-delay 0``
+measures the way this harness did before. Each target's ``fake`` entry is what the fake saw of its streams.
+
 ``--ttft-against REV`` adds agent_server as of another revision (target ``against``, its own database) to
 the same rounds: the two revisions then share every moment of the machine's noise, which full runs minutes
 apart do not.
