@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import wire
-from .records import OUTCOMES, Recorder
+from .records import OUTCOMES, Recorder, parse_body
 from .replies import HangingReply, QuietDrops, Reply, StreamedReply
 from .script import Behaviour, Script
 
@@ -113,29 +113,22 @@ def _plan(body: dict[str, Any], behaviour: Behaviour, config: FakeConfig, reques
     )
 
 
-async def _read_json(request: Request) -> Any:
-    try:
-        return await request.json()
-    except ValueError:
-        return None
-
-
 async def create_message(request: Request) -> Any:
     fake: _Fake = request.app.state.fake
     request_id = wire.new_request_id()
-    body = await _read_json(request)
+    raw_body = await request.body()
+    body = parse_body(raw_body)
     stream = isinstance(body, dict) and body.get("stream") is True
     retry_count = request.headers.get("x-stainless-retry-count", "")
     record = {
         "id": request_id,
         "path": request.url.path,
-        "body": body,
         "content_type": request.headers.get("content-type"),
         "retry_count": int(retry_count) if retry_count.isdigit() else None,
         "stream": stream,
         "status": 200,
     }
-    fake.recorder.add_request(record)
+    fake.recorder.add_request(record, raw_body)
     if problem := _problem(request, body, fake.config):
         record["status"] = problem[0]
         return _error(problem[0], request_id, message=problem[1])
@@ -170,7 +163,7 @@ async def reset(request: Request) -> Response:
 
 
 async def list_requests(request: Request) -> Response:
-    return _JSON({"requests": request.app.state.fake.recorder.requests})
+    return _JSON({"requests": request.app.state.fake.recorder.requests_json()})
 
 
 async def list_streams(request: Request) -> Response:
@@ -183,8 +176,8 @@ async def wait(request: Request) -> Response:
     timeout = float(params.get("timeout", "10"))
     if "requests" in params:
         wanted = int(params["requests"])
-        ok = await recorder.wait_until(lambda: len(recorder.requests) >= wanted, timeout)
-        result = {"ok": ok, "requests": len(recorder.requests)}
+        ok = await recorder.wait_until(lambda: recorder.request_count() >= wanted, timeout)
+        result = {"ok": ok, "requests": recorder.request_count()}
     else:
         outcome, count = params.get("outcome", "completed"), int(params.get("count", "1"))
         if outcome not in OUTCOMES:
