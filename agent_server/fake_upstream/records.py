@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+
 def parse_body(raw: bytes) -> Any:
     """A request body as JSON, or None when it is not JSON."""
     try:
