@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .scenarios import ttft as ttft_scenario
+
 
 def _get(data: dict, *path: str):
     for key in path:
@@ -86,7 +88,6 @@ def _fmt(value, digits: int = 2) -> str:
 
 
 Row = tuple[str, str, str, str]
-ORDER = ("server", "baseline", "direct")
 
 
 def _rows(sections: dict) -> list[tuple[str, list[Row]]]:
@@ -113,7 +114,7 @@ def _rows(sections: dict) -> list[tuple[str, list[Row]]]:
                          _fmt(g(ttft, "baseline", level, "errors")), _fmt(g(ttft, "direct", level, "errors"))))
             for key, label in (("first_delta_ms", "fake's first delta"), ("head_ms", "fake's response head sent")):
                 rows.append((f"{level} stream(s): {label}, ms after accepting, p50",
-                             *(_fmt(g(ttft, who, level, "fake", key, "p50"), 3) for who in ORDER)))
+                             *(_fmt(g(ttft, who, level, "fake", key, "p50"), 3) for who in ttft_scenario.ORDER)))
             if "against" in ttft:
                 revision = g(ttft, "config", "against_revision") or "?"
                 for q in ("p50", "p99"):

@@ -12,8 +12,8 @@ the upstream request's building either: the loop holds the GIL while it builds, 
 once the loop waits (measured: 1.44 ms for both in parallel vs 1.30 ms one after the other).
 They must never *wait* there, though: the loop's connection has no busy timeout, and when the lock is held
 (another worker process, a backup tool) the transaction goes to the writer thread, whose connection waits
-up to ``BUSY_TIMEOUT_MS``. While anything is queued on that
-thread, new transactions queue behind it, so transactions always run in the order they were submitted.
+up to ``BUSY_TIMEOUT_MS``. While anything is queued on that thread, new transactions queue behind it, so
+transactions always run in the order they were submitted.
 Nor may the loop fsync: its connection never checkpoints the WAL; the writer thread runs a passive
 checkpoint every ``CHECKPOINT_EVERY`` commits instead (what SQLite's auto-checkpoint would have done).
 

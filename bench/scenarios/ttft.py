@@ -148,16 +148,14 @@ def compare(rounds: dict[str, list[list[float]]], target: str, other: str) -> di
         result[f"p{q}"] = {
             "overhead_diff_ms": None if None in whole.values() else round(1000 * (whole[target] - whole[other]), 3),
             "overhead_diff_ci_ms": _rounded(intervals[f"diff_{q}"]),
-            "overhead_ratio": ratio(q)(pooled) if all(pooled.values()) else None,
+            "overhead_ratio": _round(ratio(q)(pooled)) if all(pooled.values()) else None,
             "overhead_ratio_ci": _rounded(intervals[f"ratio_{q}"]),
         }
-        if result[f"p{q}"]["overhead_ratio"] is not None:
-            result[f"p{q}"]["overhead_ratio"] = round(result[f"p{q}"]["overhead_ratio"], 3)
     return result
 
 
-def _rounded(interval: tuple[float, float] | None) -> list[float] | None:
-    return None if interval is None else [round(interval[0], 3), round(interval[1], 3)]
+def _rounded(interval: tuple[float, float] | None) -> list[float | None] | None:
+    return None if interval is None else [_round(bound) for bound in interval]
 
 
 async def run(run: Run) -> dict:
