@@ -12,7 +12,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from .http.responses import PlainJSONResponse as JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
@@ -24,8 +24,8 @@ from pydantic import ValidationError
 from .config import Settings, describe_settings_error, get_settings, is_loopback, served_host
 from starlette.middleware.cors import CORSMiddleware
 
-from .http import agent, conversations, health, openapi, ws
-from .http.middleware import RequestContext
+from .http import agent, conversations, health, openapi, replies, usage, ws
+from .http.middleware import RequestContext, SecurityHeaders, TrailingSlash
 from .logs import configure_logging
 from .runtime import Runtime, StartupError
 
@@ -56,8 +56,17 @@ ROUTES = [
     Route("/agent", agent.post_agent, methods=["POST"]),
     Route("/agent/stream", agent.post_agent_stream, methods=["POST"]),
     WebSocketRoute("/agent/ws", ws.agent_ws),
+    Route("/agent/ws", ws.upgrade_required, methods=["GET", "POST"]),
+    Route("/replies/{id}", replies.get_reply, methods=["GET"]),
+    Route("/replies/{id}/events", replies.reply_events, methods=["GET"]),
+    Route("/replies/{id}/cancel", replies.cancel_reply, methods=["POST"]),
     Route("/conversations", conversations.list_conversations, methods=["GET"]),
     Route("/conversations/{id}", conversations.get_conversation, methods=["GET"]),
+    Route("/conversations/{id}", conversations.patch_conversation, methods=["PATCH"]),
+    Route("/conversations/{id}", conversations.delete_conversation, methods=["DELETE"]),
+    Route("/conversations/{id}/turns", conversations.get_turns, methods=["GET"]),
+    Route("/export", conversations.export, methods=["GET"]),
+    Route("/usage", usage.get_usage, methods=["GET"]),
     Route("/healthz", health.healthz, methods=["GET"]),
     Route("/readyz", health.readyz, methods=["GET"]),
     Route("/metrics", health.metrics, methods=["GET"]),
@@ -71,7 +80,7 @@ def middleware(settings: Settings) -> list[Middleware]:
         stack.append(Middleware(
             CORSMiddleware,
             allow_origins=list(settings.cors_origins),
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
             expose_headers=["X-Request-ID", "Retry-After", "RateLimit-Limit", "RateLimit-Remaining",
                             "RateLimit-Reset"],
@@ -112,9 +121,6 @@ class AgentServerApp:
             return
         if self.runtime is None:
             raise RuntimeError("the application was not started (lifespan did not run)")
-        if self.runtime.settings.loopback_only and not _on_loopback(scope):
-            await _refuse_public(scope, send)
-            return
         scope.setdefault("state", {})["runtime"] = self.runtime
         assert self._entry is not None
         await self._entry(scope, receive, send)
@@ -130,7 +136,7 @@ class AgentServerApp:
                 raise StartupError(problems[0])
             self.runtime = await Runtime.start(settings)
             # Outside Starlette's error middleware, so that 500 responses carry the request id too.
-            self._entry = RequestContext(build_starlette(settings))
+            self._entry = RequestContext(SecurityHeaders(LoopbackGate(TrailingSlash(build_starlette(settings)))))
             if "state" in scope:
                 scope["state"]["runtime"] = self.runtime
         except (StartupError, ValueError) as exc:
@@ -148,21 +154,26 @@ class AgentServerApp:
             await send({"type": "lifespan.shutdown.complete"})
 
 
-def _on_loopback(scope: Scope) -> bool:
-    server = scope.get("server")
-    return server is None or is_loopback(str(server[0]))
-
-
-async def _refuse_public(scope: Scope, send: Send) -> None:
+class LoopbackGate:
     """Defence in depth behind the start-up check: a stub or keyless server never answers a public address."""
-    if scope["type"] == "websocket":
-        await send({"type": "websocket.close", "code": 1008})
-        return
-    response = JSONResponse(
-        errors.AgentError("This server has no upstream key or no client keys and serves loopback only.").envelope(),
-        status_code=503,
-    )
-    await response(scope, lambda: None, send)  # type: ignore[arg-type]
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        runtime = scope["state"]["runtime"]
+        server = scope.get("server")
+        if not runtime.settings.loopback_only or server is None or is_loopback(str(server[0])):
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        response = JSONResponse(
+            errors.AgentError("This server has no upstream key or no client keys and serves loopback only.").envelope(),
+            status_code=503,
+        )
+        await response(scope, receive, send)
 
 
 app = AgentServerApp()

@@ -80,7 +80,12 @@ class Settings(BaseSettings):
     max_tokens_ceiling: int | None = Field(default=None, ge=1, le=128_000, alias="AGENT_MAX_TOKENS_CEILING")
     rate_limit: str = Field(default="60/minute", alias="AGENT_RATE_LIMIT")
     rate_limit_storage: str = Field(default="memory://", alias="AGENT_RATE_LIMIT_STORAGE")
-    max_concurrent_replies: int = Field(default=8, ge=1, alias="AGENT_MAX_CONCURRENT_REPLIES")
+    # One application key commonly serves all of an app's users: the cap guards the upstream quota and this
+    # process's memory against one runaway client, not against ordinary parallel use.
+    max_concurrent_replies: int = Field(default=64, ge=1, alias="AGENT_MAX_CONCURRENT_REPLIES")
+    max_ws_sessions_per_key: int = Field(default=100, ge=1, alias="AGENT_MAX_WS_SESSIONS_PER_KEY")
+    header_timeout_seconds: float = Field(default=5, gt=0, alias="AGENT_HEADER_TIMEOUT_SECONDS")
+    max_connections: int = Field(default=0, ge=0, alias="AGENT_MAX_CONNECTIONS")
     cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(default=(), alias="AGENT_CORS_ORIGINS")
     max_body_bytes: int = Field(default=1_048_576, ge=1024, alias="AGENT_MAX_BODY_BYTES")
     max_message_chars: int = Field(default=200_000, ge=1, alias="AGENT_MAX_MESSAGE_CHARS")
@@ -95,6 +100,23 @@ class Settings(BaseSettings):
     log_format: str = Field(default="auto", pattern="^(auto|json|text)$", alias="AGENT_LOG_FORMAT")
     log_level: str = Field(default="info", alias="AGENT_LOG_LEVEL")
     stub_token_delay: float = Field(default=0.02, ge=0, alias="AGENT_STUB_TOKEN_DELAY")
+    # The agent
+    tools_file: Path | None = Field(default=None, alias="AGENT_TOOLS_FILE")
+    max_tool_steps: int = Field(default=10, ge=1, le=100, alias="AGENT_MAX_TOOL_STEPS")
+    tool_timeout_seconds: float = Field(default=30, gt=0, alias="AGENT_TOOL_TIMEOUT_SECONDS")
+    tool_output_max_chars: int = Field(default=100_000, ge=1000, alias="AGENT_TOOL_OUTPUT_MAX_CHARS")
+    # Replies outlive their connection
+    on_disconnect: str = Field(default="continue", pattern="^(continue|cancel)$", alias="AGENT_ON_DISCONNECT")
+    reply_events_hours: float = Field(default=24, gt=0, alias="AGENT_REPLY_EVENTS_HOURS")
+    # Context and cost
+    prompt_cache: str = Field(default="5m", pattern="^(off|5m|1h)$", alias="AGENT_PROMPT_CACHE")
+    budgets_raw: str = Field(default="", alias="AGENT_BUDGETS")
+    admin_keys: Annotated[tuple[str, ...], NoDecode] = Field(default=(), alias="AGENT_ADMIN_KEYS")
+    metrics_token: SecretStr | None = Field(default=None, alias="AGENT_METRICS_TOKEN")
+    # Lifecycle and operations
+    retention_days: float | None = Field(default=None, gt=0, alias="AGENT_RETENTION_DAYS")
+    require_existing_db: bool = Field(default=False, alias="AGENT_REQUIRE_EXISTING_DB")
+    workers: int = Field(default=1, ge=1, alias="AGENT_WORKERS")
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -102,6 +124,18 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(o.strip().rstrip("/") for o in value.split(",") if o.strip())
         return value
+
+    @field_validator("admin_keys", mode="before")
+    @classmethod
+    def _split_names(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(name.strip() for name in value.split(",") if name.strip())
+        return value
+
+    @field_validator("metrics_token", mode="before")
+    @classmethod
+    def _blank_token_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("rate_limit")
     @classmethod
@@ -113,8 +147,8 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _check_db(cls, value: str) -> str:
-        if not value.startswith("sqlite+aiosqlite://"):
-            raise ValueError("DATABASE_URL must be a sqlite+aiosqlite:// URL")
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+psycopg://")):
+            raise ValueError("DATABASE_URL must be a sqlite+aiosqlite:// or postgresql+psycopg:// URL")
         return value
 
     @field_validator("anthropic_api_key", mode="before")
@@ -127,7 +161,18 @@ class Settings(BaseSettings):
         if self.max_tokens_ceiling is not None and self.max_tokens_ceiling < self.max_tokens:
             raise ValueError("AGENT_MAX_TOKENS_CEILING must be at least AGENT_MAX_TOKENS")
         self._client_keys = parse_client_keys(self.api_keys_raw.get_secret_value())
+        from .service.budgets import parse_budgets
+
+        self._budgets = parse_budgets(self.budgets_raw)
         return self
+
+    @property
+    def budgets(self) -> dict:
+        return self._budgets
+
+    @property
+    def cache_ttl(self) -> str | None:
+        return None if self.prompt_cache == "off" else self.prompt_cache
 
     @property
     def client_keys(self) -> tuple[ClientKey, ...]:
@@ -143,7 +188,9 @@ class Settings(BaseSettings):
 
     @property
     def database_path(self) -> Path | None:
-        """The SQLite file of ``DATABASE_URL`` (None for an in-memory database)."""
+        """The SQLite file of ``DATABASE_URL`` (None for PostgreSQL or an in-memory database)."""
+        if not self.database_url.startswith("sqlite"):
+            return None
         rest = self.database_url.split("://", 1)[1]
         path = rest[1:] if rest.startswith("/") else rest
         path = path.split("?", 1)[0]
@@ -180,8 +227,9 @@ class Settings(BaseSettings):
 def describe_settings_error(error: ValidationError) -> str:
     """The first problem of an invalid configuration, in one line, without the offending value."""
     first = error.errors(include_input=False, include_url=False)[0]
-    where = ".".join(str(part) for part in first["loc"]) or "configuration"
-    return f"invalid configuration: {where}: {first['msg'].removeprefix('Value error, ')}"
+    where = ".".join(str(part) for part in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    return f"invalid configuration: {where}: {message}" if where else f"invalid configuration: {message}"
 
 
 def served_host(settings: Settings, argv: list[str]) -> str:

@@ -6,6 +6,7 @@ Every failure a client can see is an ``AgentError`` subclass carrying its HTTP s
     ├── InvalidJSON                   400 invalid_request_error   (body is not JSON)
     ├── UpstreamInvalidRequest        400 invalid_request_error   (upstream refused the request)
     ├── AuthenticationFailed          401 authentication_error
+    ├── Forbidden                     403 permission_error        (a key without the right: metrics, others' usage)
     ├── NotFound                      404 not_found_error
     ├── Conflict                      409 conflict_error
     ├── RequestTooLarge               413 request_too_large
@@ -14,6 +15,7 @@ Every failure a client can see is an ``AgentError`` subclass carrying its HTTP s
     ├── UpstreamFailed                502 upstream_error
     ├── UpstreamOverloaded            503 overloaded_error        (upstream 529/429 after retries)
     ├── UpstreamTimeout               504 timeout_error
+    ├── StorageUnavailable            503 storage_error           (the database cannot store: full, read-only, gone)
     └── ShuttingDown                  503 shutdown                (the server stopped mid-reply)
 
 The envelope is ``{"error": {"type": ..., "message": ...}}``; messages are written for people and never
@@ -61,6 +63,10 @@ class AuthenticationFailed(AgentError):
     status, type = 401, "authentication_error"
 
 
+class Forbidden(AgentError):
+    status, type = 403, "permission_error"
+
+
 class NotFound(AgentError):
     status, type = 404, "not_found_error"
 
@@ -91,6 +97,14 @@ class UpstreamOverloaded(AgentError):
 
 class UpstreamTimeout(AgentError):
     status, type = 504, "timeout_error"
+
+
+class StorageUnavailable(AgentError):
+    status, type = 503, "storage_error"
+
+    def __init__(self, message: str = "The database cannot store this right now; try again shortly.", **kwargs):
+        kwargs.setdefault("retry_after", 5)
+        super().__init__(message, **kwargs)
 
 
 class ShuttingDown(AgentError):

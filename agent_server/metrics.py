@@ -14,7 +14,7 @@ from decimal import Decimal
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess, values
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from .pricing import Usage
+from .money.prices import Usage
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
@@ -62,6 +62,10 @@ class Metrics:
         )
         self.upstream_errors = Counter(
             "agent_upstream_errors", "Failed upstream calls by error type", ["type"], registry=registry
+        )
+        self.tool_runs = Counter(
+            "agent_tool_runs", "Tool runs by tool (names come from the configuration) and outcome",
+            ["tool", "outcome"], registry=registry,
         )
         self.db_write = Histogram(
             "agent_db_write_seconds", "Write transactions, lock wait excluded", buckets=DB_BUCKETS,

@@ -1,4 +1,9 @@
-"""Alembic environment: async engine with the same SQLite pragmas as the server; batch mode for SQLite."""
+"""Alembic environment: the same history for SQLite (batch mode rebuilds tables) and PostgreSQL (plain ALTER).
+
+On SQLite the engine has the server's pragmas, foreign keys off (batch mode drops and recreates tables) and
+the write lock taken up front; on PostgreSQL the migration runs in one transaction with a lock that keeps two
+instances starting together from migrating at once.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,13 @@ import asyncio
 from logging.config import fileConfig
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
 from agent_server.config import get_settings
-from agent_server.db.engine import create_engine
+from agent_server.db import backend_of
 from agent_server.db.models import Base
 
 config = context.config
@@ -17,6 +25,8 @@ if config.config_file_name is not None and config.attributes.get("configure_logg
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 target_metadata = Base.metadata
+# Any constant: the advisory lock that serialises migrations of one PostgreSQL database.
+_MIGRATION_LOCK = 7_244_021
 
 
 def database_url() -> str:
@@ -32,13 +42,21 @@ def run_migrations_offline() -> None:
 
 
 def _run(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.execute(text(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})"))
     context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
     with context.begin_transaction():
         context.run_migrations()
 
 
 async def run_migrations_online() -> None:
-    engine = create_engine(database_url(), begin="BEGIN IMMEDIATE", pool_size=0, foreign_keys=False)
+    url = database_url()
+    if backend_of(url) == "sqlite":
+        from agent_server.db.sqlite import create_migration_engine
+
+        engine = create_migration_engine(url)
+    else:
+        engine = create_async_engine(url, poolclass=NullPool, connect_args={"prepare_threshold": None})
     async with engine.connect() as connection:
         await connection.run_sync(_run)
         await connection.commit()

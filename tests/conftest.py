@@ -6,7 +6,9 @@ Every test gets a fresh database built by the real Alembic migrations and a rese
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,6 +24,7 @@ from agent_server.app import AgentServerApp  # noqa: E402
 from agent_server.config import Settings, get_settings  # noqa: E402
 from agent_server.db.migrations import upgrade_to_head  # noqa: E402
 from agent_server.fake_upstream import FakeConfig, FakeUpstream  # noqa: E402
+from tests.servers import PostgresServer, RedisServer, find_postgres_bin  # noqa: E402
 
 ALICE = "alice-secret-0123456789"
 BOB = "bob-secret-0123456789abc"
@@ -52,11 +55,134 @@ def fake(fake_upstream: FakeUpstream) -> FakeUpstream:
     return fake_upstream
 
 
+# -- databases: SQLite always, PostgreSQL when asked for (--databases / AGENT_TEST_DATABASES) ---------------------
+
+BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--databases", default=os.environ.get("AGENT_TEST_DATABASES", "sqlite"),
+        help="comma-separated databases that the tests of `database_url` run on: sqlite, postgresql "
+             "(default: $AGENT_TEST_DATABASES, else sqlite)")
+
+
+def selected_backends(config: pytest.Config) -> list[str]:
+    chosen = [name.strip() for name in str(config.getoption("--databases")).split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(BACKENDS))
+    if unknown or not chosen:
+        raise pytest.UsageError(f"--databases: unknown {', '.join(unknown) or 'nothing'}; choose from "
+                                f"{', '.join(BACKENDS)}")
+    return list(dict.fromkeys(chosen))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test that needs a database (directly or through a fixture) runs once per selected backend."""
+    if "database_backend" in metafunc.fixturenames:
+        metafunc.parametrize("database_backend", selected_backends(metafunc.config), indirect=True)
+
+
+def _missing(what: str, install: str) -> None:
+    """A server the tests need is not installed: a skip on a bare machine, a failure in CI."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{what} is not installed, and CI must run the tests that need it ({install})", pytrace=False)
+    pytest.skip(f"{what} is not installed ({install})")
+
+
 @pytest.fixture
-def database_url(tmp_path: Path) -> str:
+def database_backend(request: pytest.FixtureRequest) -> str:
+    """``sqlite`` or ``postgresql``; a test marked ``sqlite_only`` is skipped on PostgreSQL."""
+    backend = getattr(request, "param", "sqlite")
+    marker = request.node.get_closest_marker("sqlite_only")
+    if backend != "sqlite" and marker is not None:
+        pytest.skip(f"SQLite only: {marker.args[0] if marker.args else 'looks at the SQLite file itself'}")
+    return backend
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throwaway cluster for the session (tests/servers.py)."""
+    bindir = find_postgres_bin()
+    if bindir is None:
+        _missing("PostgreSQL (initdb, postgres)", "apt-get install -y postgresql")
+    server = PostgresServer(bindir)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_template(postgres_server: PostgresServer) -> str:
+    """A database migrated once by the real Alembic history; every test's database is a copy of it."""
+    url = postgres_server.create_database("agent_template")
+    upgrade_to_head(url)  # a sync fixture: no event loop is running here (env.py runs its own)
+    return "agent_template"
+
+
+_DATABASE_NUMBERS = itertools.count(1)
+
+
+@pytest.fixture
+def new_postgres_database(postgres_server: PostgresServer) -> Iterator:
+    """Factory: ``new_postgres_database(template=None)`` -> the URL of a new database, dropped after the test."""
+    names: list[str] = []
+
+    def create(template: str | None = None) -> str:
+        name = f"test_{next(_DATABASE_NUMBERS)}"
+        names.append(name)
+        return postgres_server.create_database(name, template=template)
+
+    yield create
+    for name in names:
+        postgres_server.drop_database(name)
+
+
+@pytest.fixture
+def database_url(database_backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A database migrated to head, of the test's backend: a SQLite file, or a copy of the PostgreSQL template."""
+    if database_backend == "postgresql":
+        template = request.getfixturevalue("postgres_template")
+        return request.getfixturevalue("new_postgres_database")(template=template)
     url = f"sqlite+aiosqlite:///{tmp_path / 'data' / 'agent.db'}"
     upgrade_to_head(url)
     return url
+
+
+@pytest.fixture
+def empty_database_url(database_backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A database with nothing in it (not even the schema), of the test's backend: for what migrates by itself."""
+    if database_backend == "postgresql":
+        return request.getfixturevalue("new_postgres_database")()
+    return f"sqlite+aiosqlite:///{tmp_path / 'data' / 'agent.db'}"
+
+
+# -- Redis ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        _missing("redis-server", "apt-get install -y redis-server")
+    server = RedisServer(binary)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisServer) -> str:
+    """``redis://127.0.0.1:PORT`` of the session's redis-server; emptied before each test that uses it."""
+    return redis_server.url
+
+
+@pytest.fixture(autouse=True)
+def _fresh_redis(request: pytest.FixtureRequest) -> None:
+    """Each test that uses ``redis_url`` starts on an empty Redis (no other test starts the server)."""
+    if "redis_url" in request.fixturenames and "redis_server" in request.fixturenames:
+        request.getfixturevalue("redis_server").flush()
 
 
 def make_settings(database_url: str, fake: FakeUpstream | None, **overrides: object) -> Settings:
@@ -116,3 +242,22 @@ async def client(database_url: str, fake: FakeUpstream) -> AsyncIterator[httpx.A
     async with app_client(make_settings(database_url, fake)) as http:
         http.headers.update(auth())
         yield http
+
+
+def plain_messages(messages: list[dict]) -> list[dict]:
+    """Messages as the tests of text conversations write them: a message of text blocks becomes its text (the
+    server sends content blocks, with prompt-cache markers; the API reads both forms alike)."""
+    plain = []
+    for message in messages:
+        content = message["content"]
+        if isinstance(content, list) and all(block.get("type") == "text" for block in content):
+            content = "".join(block["text"] for block in content)
+        plain.append({"role": message["role"], "content": content})
+    return plain
+
+
+def plain_text(value) -> str | None:  # type: ignore[no-untyped-def]
+    """A system prompt (or content) as text, whether sent as a string or as text blocks."""
+    if value is None or isinstance(value, str):
+        return value
+    return "".join(block["text"] for block in value if block.get("type") == "text")

@@ -1,178 +1,161 @@
-"""Write-side repository functions: plain statements, no rules, run inside ``Database.write``. Each takes
-the transaction's ``sqlite3`` connection and keyword-only arguments.
-
-Statements are built with SQLAlchemy once, at import (so they follow the mapped tables), and compiled to
-SQL text that the ``sqlite3`` driver runs directly: SQLAlchemy's per-call connection, statement and type
-processing cost more than SQLite itself on these one-row statements (a reply's opening transaction:
-~150 µs through a SQLAlchemy ``Connection``, ~75 µs on the driver). Datetimes are therefore formatted and
-parsed here, exactly as SQLAlchemy's SQLite ``DateTime`` stores them, so reads through SQLAlchemy agree.
+"""Write-side statements: dialect-neutral SQLAlchemy Core, no rules. The engine gathers what one moment of a
+reply changes as a list of ``Op`` (a statement and its parameters) and stores them in one transaction with
+``apply``; the few transactions that must read before they write (opening a reply) live with their rules in
+the service and use these builders too.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from sqlite3 import Connection
-from typing import NamedTuple
+from typing import Any
 
-from sqlalchemy import bindparam, insert, null, select, update
-from sqlalchemy.dialects import sqlite
+from sqlalchemy import bindparam, insert, update
+from sqlalchemy.dialects import postgresql, sqlite
 
-from .models import Conversation, Turn, UpstreamCall, new_id
+from .models import Conversation, DailySpend, Lease, Notification, Reply, ReplyEvent, ToolRun, Turn, UpstreamCall
 
-LOCK_COLUMNS = (
-    Conversation.lock_token,
-    Conversation.lock_machine,
-    Conversation.lock_pid,
-    Conversation.lock_pid_started,
-    Conversation.lock_expires_at,
-)
-_DIALECT = sqlite.dialect(paramstyle="named")
+Op = tuple[Any, Any]  # (statement, parameters: a dict, or a list of dicts for executemany)
 
+TURNS = Turn.__table__
+CALLS = UpstreamCall.__table__
+REPLIES = Reply.__table__
+TOOL_RUNS = ToolRun.__table__
+EVENTS = ReplyEvent.__table__
+CONVERSATIONS = Conversation.__table__
+SPEND = DailySpend.__table__
+NOTIFICATIONS = Notification.__table__
+LEASES = Lease.__table__
 
-def _sql(statement) -> str:
-    return str(statement.compile(dialect=_DIALECT))
-
-
-def stored_time(value: datetime | None) -> str | None:
-    """A naive UTC datetime as SQLAlchemy's SQLite DateTime stores it (always with microseconds)."""
-    return None if value is None else value.isoformat(" ", "microseconds")
-
-
-def parse_stored_time(value: str | None) -> datetime | None:
-    return None if value is None else datetime.fromisoformat(value)
+_INSERT = {table.name: insert(table) for table in (TURNS, CALLS, REPLIES, TOOL_RUNS, EVENTS, CONVERSATIONS,
+                                                     NOTIFICATIONS)}
+_DEFAULTS = {
+    table.name: {column.key: column.default.arg if column.default is not None and not callable(column.default.arg)
+                 else None for column in table.columns}
+    for table in (TURNS, CALLS, REPLIES, TOOL_RUNS, CONVERSATIONS)
+}
 
 
-class StoredConversation(NamedTuple):
-    """What opening a reply needs of a conversation: its model, system and reply-lock columns."""
-
-    model: str
-    system: str | None
-    lock_token: str | None
-    lock_machine: str | None
-    lock_pid: int | None
-    lock_pid_started: str | None
-    lock_expires_at: datetime | None
+async def apply(conn, *, ops: list[Op]) -> None:
+    """Run ``ops`` in order, in the caller's transaction."""
+    for statement, parameters in ops:
+        if isinstance(parameters, list) and not parameters:
+            continue
+        await conn.execute(statement, parameters)
 
 
-# A turn as history reads it: (seq, role, status, content). Plain tuples, not a NamedTuple: building one per
-# row was a third of opening a reply on a 1,000-turn conversation (`python -m bench.cold_commit --turns 1000`:
-# 1.15 ms back to back with them, 0.77 ms without).
-HistoryRow = tuple[int, str, str, str]
+def _row(table: str, values: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(values) - set(_DEFAULTS[table])
+    if unknown:
+        raise ValueError(f"{table} has no column {sorted(unknown)}")
+    return {**_DEFAULTS[table], **values}
 
 
-_INSERT_CONVERSATION = _sql(insert(Conversation))
-_INSERT_CALL = _sql(insert(UpstreamCall))
-_UPSERT_TURN = _sql(
-    sqlite.insert(Turn).on_conflict_do_update(
-        index_elements=[Turn.id],
-        set_={"content": sqlite.insert(Turn).excluded.content, "status": sqlite.insert(Turn).excluded.status,
-              "updated_at": sqlite.insert(Turn).excluded.updated_at},
+def insert_conversation(**values: Any) -> Op:
+    return _INSERT["conversations"], _row("conversations", values)
+
+
+def insert_reply(**values: Any) -> Op:
+    return _INSERT["replies"], _row("replies", values)
+
+
+def insert_turn(**values: Any) -> Op:
+    return _INSERT["turns"], _row("turns", values)
+
+
+def insert_call(**values: Any) -> Op:
+    return _INSERT["requests"], _row("requests", values)
+
+
+def insert_tool_runs(rows: list[dict[str, Any]]) -> Op:
+    return _INSERT["tool_runs"], [_row("tool_runs", row) for row in rows]
+
+
+def insert_events(rows: list[dict[str, Any]]) -> Op:
+    """``rows``: ``reply_id, seq, type, data, created_at`` each."""
+    return _INSERT["reply_events"], rows
+
+
+def insert_notification(*, topic: str, payload: str, now: datetime) -> Op:
+    return _INSERT["notifications"], {"topic": topic, "payload": payload, "created_at": now}
+
+
+def _update_by_id(table, key: str, key_value: str, values: dict[str, Any]) -> Op:
+    statement = update(table).where(table.c[key] == bindparam("b_key")).values(
+        {name: bindparam(f"b_{name}") for name in values})
+    return statement, {"b_key": key_value, **{f"b_{name}": value for name, value in values.items()}}
+
+
+def update_call(call_id: str, **values: Any) -> Op:
+    return _update_by_id(CALLS, "id", call_id, values)
+
+
+def update_reply(reply_id: str, **values: Any) -> Op:
+    return _update_by_id(REPLIES, "id", reply_id, values)
+
+
+def update_turn(turn_id: str, **values: Any) -> Op:
+    return _update_by_id(TURNS, "id", turn_id, values)
+
+
+def update_tool_run(run_id: str, **values: Any) -> Op:
+    return _update_by_id(TOOL_RUNS, "id", run_id, values)
+
+
+def update_conversation(conversation_id: str, **values: Any) -> Op:
+    return _update_by_id(CONVERSATIONS, "id", conversation_id, values)
+
+
+class _DialectOp:
+    """A statement that differs by dialect (an upsert): built when the connection says which it is."""
+
+    def __init__(self, build) -> None:  # type: ignore[no-untyped-def]
+        self._build = build
+        self._built: dict[str, Any] = {}
+
+    def for_dialect(self, name: str):  # type: ignore[no-untyped-def]
+        if name not in self._built:
+            self._built[name] = self._build(postgresql.insert if name == "postgresql" else sqlite.insert)
+        return self._built[name]
+
+
+def _spend_upsert(insert_for):  # type: ignore[no-untyped-def]
+    statement = insert_for(SPEND).values(owner=bindparam("owner"), day=bindparam("day"),
+                                         cost_nano_usd=bindparam("cost"))
+    return statement.on_conflict_do_update(
+        index_elements=[SPEND.c.owner, SPEND.c.day],
+        set_={"cost_nano_usd": SPEND.c.cost_nano_usd + statement.excluded.cost_nano_usd},
     )
-)
-_CONVERSATION_DEFAULTS = {column.key: None for column in Conversation.__table__.columns}
-_CALL_DEFAULTS = {column.key: None for column in UpstreamCall.__table__.columns}
-_CONVERSATION_FOR_REPLY = _sql(select(Conversation.model, Conversation.system, *LOCK_COLUMNS).where(
-    Conversation.id == bindparam("conversation_id"), Conversation.owner == bindparam("owner")
-))
-_TURNS_FOR_HISTORY = _sql(
-    select(Turn.seq, Turn.role, Turn.status, Turn.content)
-    .where(Turn.conversation_id == bindparam("conversation_id"))
-    .order_by(Turn.seq)
-)
 
 
-def create_conversation(
-    conn: Connection, *, owner: str, model: str, system: str | None, now: datetime, **extra: object
-) -> str:
-    """Insert a conversation; ``extra`` sets further columns (the reply lock, taken at birth)."""
-    conversation_id = new_id("conv")
-    values = {**_CONVERSATION_DEFAULTS, "id": conversation_id, "owner": owner, "model": model, "system": system,
-              "created_at": stored_time(now), "updated_at": stored_time(now), **extra}
-    values["lock_expires_at"] = stored_time(values["lock_expires_at"])
-    conn.execute(_INSERT_CONVERSATION, values)
-    return conversation_id
-
-
-def conversation_for_reply(conn: Connection, *, conversation_id: str, owner: str) -> StoredConversation | None:
-    """The conversation's model, system and reply-lock columns, if it belongs to ``owner``."""
-    row = conn.execute(_CONVERSATION_FOR_REPLY, {"conversation_id": conversation_id, "owner": owner}).fetchone()
-    if row is None:
-        return None
-    return StoredConversation(*row[:-1], lock_expires_at=parse_stored_time(row[-1]))
-
-
-def turns_for_history(conn: Connection, *, conversation_id: str) -> list[HistoryRow]:
-    """Every turn, oldest first, as ``(seq, role, status, content)``: the raw material of upstream history."""
-    return conn.execute(_TURNS_FOR_HISTORY, {"conversation_id": conversation_id}).fetchall()
-
-
-def save_turn(
-    conn: Connection,
-    *,
-    conversation_id: str,
-    seq: int,
-    role: str,
-    content: str,
-    status: str,
-    now: datetime,
-    turn_id: str | None = None,
-) -> str:
-    """Insert a turn (a new id when none is given), or update the content and status of one a checkpoint
-    stored already."""
-    turn_id = turn_id or new_id("turn")
-    stamp = stored_time(now)
-    conn.execute(
-        _UPSERT_TURN,
-        {"id": turn_id, "conversation_id": conversation_id, "seq": seq, "role": role, "content": content,
-         "content_blocks": None, "status": status, "created_at": stamp, "updated_at": stamp},
+def _lease_upsert(insert_for):  # type: ignore[no-untyped-def]
+    statement = insert_for(LEASES).values(name=bindparam("name"), holder=bindparam("holder"),
+                                          expires_at=bindparam("expires_at"))
+    return statement.on_conflict_do_update(
+        index_elements=[LEASES.c.name],
+        set_={"holder": statement.excluded.holder, "expires_at": statement.excluded.expires_at},
+        where=(LEASES.c.holder == statement.excluded.holder) | (LEASES.c.expires_at < bindparam("now")),
     )
-    return turn_id
 
 
-def add_upstream_call(conn: Connection, **values: object) -> str:
-    """Insert one ``requests`` row; ``values`` are its columns (``id`` is generated when absent)."""
-    values.setdefault("id", new_id("call"))
-    row = {**_CALL_DEFAULTS, **values, "created_at": stored_time(values["created_at"])}  # type: ignore[arg-type]
-    conn.execute(_INSERT_CALL, row)
-    return str(values["id"])
+SPEND_UPSERT = _DialectOp(_spend_upsert)
+LEASE_UPSERT = _DialectOp(_lease_upsert)
 
 
-_SET_LOCK = _sql(
-    update(Conversation)
-    .where(Conversation.id == bindparam("b_id"))
-    .values({column: bindparam(f"b_{column.key}") for column in LOCK_COLUMNS})
-)
-_CLEAR_LOCK = _sql(
-    update(Conversation)
-    .where(Conversation.id == bindparam("b_id"), Conversation.lock_token == bindparam("b_token"))
-    .values({**{column: null() for column in LOCK_COLUMNS}, Conversation.updated_at: bindparam("b_now")})
-)
-_EXTEND_LOCK = _sql(
-    update(Conversation)
-    .where(Conversation.id == bindparam("b_id"), Conversation.lock_token == bindparam("b_token"))
-    .values(lock_expires_at=bindparam("b_expires"))
-)
+async def add_spend(conn, *, owner: str, day: str, cost_nano_usd: int) -> None:
+    await conn.execute(SPEND_UPSERT.for_dialect(conn.dialect.name),
+                       {"owner": owner, "day": day, "cost": cost_nano_usd})
 
 
-def set_reply_lock(conn: Connection, *, conversation_id: str, values: dict) -> None:
-    """``values``: every ``lock_*`` column."""
-    params = {"b_id": conversation_id, **{f"b_{key}": value for key, value in values.items()}}
-    params["b_lock_expires_at"] = stored_time(params["b_lock_expires_at"])
-    conn.execute(_SET_LOCK, params)
+async def apply_with_spend(conn, *, ops: list[Op], spend: list[tuple[str, str, int]]) -> None:
+    """``apply`` plus each ``(owner, day, nano-dollars)`` added to the daily spend."""
+    await apply(conn, ops=ops)
+    for owner, day, cost in spend:
+        if cost:
+            await add_spend(conn, owner=owner, day=day, cost_nano_usd=cost)
 
 
-def clear_reply_lock(conn: Connection, *, conversation_id: str, token: str, now: datetime) -> None:
-    """Unset the lock if ``token`` still holds it, and set ``updated_at``."""
-    conn.execute(_CLEAR_LOCK, {"b_id": conversation_id, "b_token": token, "b_now": stored_time(now)})
-
-
-def extend_reply_locks(conn: Connection, *, held: list[tuple[str, str]], expires_at: datetime) -> None:
-    """Push back the expiry of each ``(conversation_id, token)`` lock that ``token`` still holds.
-
-    By primary key: ``lock_token`` has no index, and a scan per lock (~11 ms each at 100,000 conversations)
-    would block the event loop every renewal."""
-    expires = stored_time(expires_at)
-    conn.executemany(
-        _EXTEND_LOCK,
-        [{"b_id": conversation_id, "b_token": token, "b_expires": expires} for conversation_id, token in held],
-    )
+async def take_job_lease(conn, *, name: str, holder: str, now: datetime, expires_at: datetime) -> bool:
+    """Hold the named job lease until ``expires_at`` if it is free, expired or already ours."""
+    result = await conn.execute(LEASE_UPSERT.for_dialect(conn.dialect.name),
+                                {"name": name, "holder": holder, "expires_at": expires_at, "now": now})
+    return result.rowcount == 1

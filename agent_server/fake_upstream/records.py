@@ -30,7 +30,7 @@ class StreamRecord:
     outcome: str = "open"
     tokens_sent: int = 0
     head_ms: float | None = None  # accepted -> response head sent
-    first_delta_ms: float | None = None  # accepted -> first text delta sent (the fake's own TTFT)
+    first_delta_ms: float | None = None  # accepted -> first content delta sent (the fake's own TTFT)
 
 
 class Recorder:

@@ -17,6 +17,7 @@ from typing import Any
 from starlette.types import Receive, Scope, Send
 
 from . import wire
+from .blocks import DELTA, TEXT, Chunk, PlannedBlock, message_events, text_block
 from .records import Recorder, StreamRecord
 from .script import Behaviour
 
@@ -45,6 +46,10 @@ class Reply:
     ttft: float
     token_delay: float
     behaviour: Behaviour
+    blocks: tuple[PlannedBlock, ...] | None = None  # None: one text block of `tokens`
+
+    def planned_blocks(self) -> tuple[PlannedBlock, ...]:
+        return self.blocks if self.blocks is not None else (text_block(self.tokens),)
 
     def message(self) -> dict[str, Any]:
         return wire.build_message(
@@ -53,7 +58,29 @@ class Reply:
             tokens=self.tokens,
             usage=self.usage,
             stop_reason=self.stop_reason,
+            content=[planned.block for planned in self.planned_blocks()],
         )
+
+    def start_usage(self) -> dict[str, Any]:
+        """message_start's usage: output_tokens 1 as the real API reports, unless the script set it."""
+        if self.behaviour.usage is not None and "output_tokens" in self.behaviour.usage:
+            return dict(self.usage)
+        return {**self.usage, "output_tokens": 1}
+
+    def chunks(self) -> list[Chunk]:
+        return message_events(
+            message_id=self.message_id,
+            model=self.model,
+            start_usage=self.start_usage(),
+            usage=self.usage,
+            blocks=self.planned_blocks(),
+            stop_reason=self.stop_reason,
+        )
+
+    def generation_time(self) -> float:
+        """How long the whole reply takes to "generate": the TTFT, then a token delay per later delta."""
+        paced = sum(1 for _, kind in self.chunks() if kind in (TEXT, DELTA))
+        return self.ttft + self.token_delay * max(paced - 1, 0)
 
 
 def _settle(future: asyncio.Future) -> None:
@@ -133,31 +160,41 @@ class StreamedReply:
         async def emit(chunk: bytes) -> None:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
 
-        for chunk in wire.stream_head(message_id=reply.message_id, model=reply.model, usage=reply.usage):
-            await emit(chunk)
-        for index, token in enumerate(reply.tokens):
-            if await self._fault(index, emit, send, record):
+        chunks = reply.chunks()
+        texts = sum(1 for _, kind in chunks if kind == TEXT)
+        # With no text delta at all, "after 0 tokens" is right after the first block starts (or message_start).
+        anchor = 1 if len(chunks) > 2 else 0
+        sent_text, paced = 0, 0
+        for position, (chunk, kind) in enumerate(chunks):
+            if kind == TEXT and await self._fault(sent_text, texts, emit, send, record):
                 return
-            if index == 0:
-                await first_token_due
-            else:
-                await asyncio.sleep(reply.token_delay)
-            await emit(wire.text_delta(token))
-            if index == 0:
-                record.first_delta_ms = _ms_since(accepted)
-            record.tokens_sent += 1
-        if await self._fault(len(reply.tokens), emit, send, record):
-            return
-        for chunk in wire.stream_tail(usage=reply.usage, stop_reason=reply.stop_reason):
+            if kind in (TEXT, DELTA):
+                if paced == 0:
+                    await first_token_due
+                else:
+                    await asyncio.sleep(reply.token_delay)
             await emit(chunk)
+            if kind in (TEXT, DELTA):
+                if paced == 0:
+                    record.first_delta_ms = _ms_since(accepted)
+                paced += 1
+            if kind == TEXT:
+                sent_text += 1
+                record.tokens_sent += 1
+            after_last = (kind == TEXT and sent_text == texts) or (texts == 0 and position == anchor)
+            if after_last and await self._fault(texts, texts, emit, send, record):
+                return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         self.recorder.finish_stream(record, "completed")
 
     async def _fault(
-        self, index: int, emit: Callable[[bytes], Awaitable[None]], send: Send, record: StreamRecord
+        self, index: int, last: int, emit: Callable[[bytes], Awaitable[None]], send: Send, record: StreamRecord
     ) -> bool:
-        """Inject the scripted mid-stream fault due after `index` deltas; True ends the stream."""
-        behaviour, last = self.reply.behaviour, len(self.reply.tokens)
+        """Inject the scripted mid-stream fault due after `index` of `last` text deltas; True ends the stream."""
+        behaviour = self.reply.behaviour
+        if behaviour.unknown_event_after_tokens is not None and min(behaviour.unknown_event_after_tokens,
+                                                                    last) == index:
+            await emit(wire.mystery_event())
         if behaviour.error_after_tokens is not None and min(behaviour.error_after_tokens, last) == index:
             await emit(wire.error_event(behaviour.error_type or "overloaded_error", behaviour.error_message))
             await send({"type": "http.response.body", "body": b"", "more_body": False})

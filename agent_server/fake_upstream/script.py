@@ -14,12 +14,36 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 
+class ToolCall(BaseModel):
+    """A `tool_use` block the scripted model asks for; its tool must be declared unless `undeclared`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    input: dict[str, Any] = Field(default_factory=dict)
+    id: str | None = None  # default: toolu_ + random hex
+    undeclared: bool = False  # True: a model asking for a tool the request does not declare
+
+
+class ServerToolUse(BaseModel):
+    """A server tool call (`server_tool_use` + its `web_search_tool_result`) made within the reply."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "web_search"
+    input: dict[str, Any] = Field(default_factory=dict)
+
+
 class Behaviour(BaseModel):
     """One scripted upstream behaviour; every field is optional and unset means "normal".
 
-    Precedence: `status` answers at once; else `hang`; else a reply whose text is `tokens`,
-    else `text`, else `n_tokens` generated tokens, else the fake's default (an echo). A fault
-    index past the last token fires after the last token.
+    Precedence: `status` answers at once; else `hang`; else `raw_body`/`content_type`, else
+    `gzip_garbage`; else a reply. The reply's blocks, in order: thinking (`thinking`, or a short
+    default one when the request enables thinking), `redacted_thinking`, each of `server_tool_uses`
+    with its results, the text, then one `tool_use` per `tool_calls` entry. The text is `tokens`,
+    else `text`, else `n_tokens` generated tokens, else the fake's default (an echo, or after tool
+    results `Done. Results: ...`); with `tool_calls` there is text only when one of those is given.
+    A fault index past the last text token fires after the last text token.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -46,9 +70,22 @@ class Behaviour(BaseModel):
     end_after_tokens: int | None = Field(default=None, ge=0)
     # Accept the request and never answer until the client goes away.
     hang: bool = False
+    # Usage values merged over the counted ones, any JSON (strings, negatives, huge numbers) sent unchanged.
     usage: dict[str, Any] | None = None
-    stop_reason: str = "end_turn"
+    # Default: "tool_use" with tool_calls, else "end_turn"; "pause_turn" goes with server_tool_uses.
+    stop_reason: str | None = None
     model: str | None = None
+    # Agent behaviour: tool calls (several = parallel tool use), thinking, server tools.
+    tool_calls: list[ToolCall] | None = None
+    thinking: str | None = None
+    redacted_thinking: bool = False
+    server_tool_uses: list[ServerToolUse] | None = None
+    # Hardening faults: a 200 with this exact content type and body; a 200 claiming gzip that is not gzip;
+    # an unknown event with non-JSON data after k text deltas (the stream then carries on).
+    content_type: str | None = None
+    raw_body: str | None = None
+    gzip_garbage: bool = False
+    unknown_event_after_tokens: int | None = Field(default=None, ge=0)
 
 
 class Script:

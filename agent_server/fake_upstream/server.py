@@ -134,6 +134,24 @@ class FakeUpstream:
     def reset(self) -> None:
         self._call("POST", "/_fake/reset", {})
 
+    def violations(self) -> list[dict[str, Any]]:
+        """Every request refused with a 400 since the last reset: {"request_id", "status", "type", "message"}."""
+        return self._call("GET", "/_fake/violations")[1]["violations"]
+
+    def set_models(self, models: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+        """Merge `{"<model>": {"context_window": N, "cache_minimum": N}}` into the model table (until reset)."""
+        status, body = self._call("POST", "/_fake/models", models)
+        if status != 200:
+            raise ValueError(f"fake upstream refused the models: {body}")
+        return body["models"]
+
+    def advance_clock(self, seconds: float) -> float:
+        """Move the prompt cache's clock forward; returns the total offset from real time."""
+        status, body = self._call("POST", "/_fake/clock", {"advance": seconds})
+        if status != 200:
+            raise ValueError(f"fake upstream refused the clock change: {body}")
+        return body["offset"]
+
     def requests(self) -> list[dict[str, Any]]:
         return self._call("GET", "/_fake/requests")[1]["requests"]
 

@@ -1,15 +1,18 @@
 """The offline stub: an in-process httpx2 transport that answers like the Messages API.
 
 The product uses it when no ANTHROPIC_API_KEY is set, so the whole stack (SDK, streaming,
-persistence, usage) runs for real with canned replies and no sockets:
+persistence, usage, a tool loop) runs for real with canned replies and no sockets:
 
     anthropic.AsyncAnthropic(
         api_key="offline-stub",
         http_client=anthropic.DefaultAsyncHttpxClient(transport=OfflineStubTransport()),
     )
 
-Replies say plainly that they are canned, and stream token by token with a small delay so a
-UI shows real streaming.
+Replies say plainly that they are canned (see `stub_brain`), and stream token by token with a
+small delay so a UI shows real streaming. Requests go through the same `Engine` as the loopback
+fake: a request the real API would refuse gets the same 400 here, and usage (prompt caching
+included) is counted the same way. Its signing secret is fixed, so thinking blocks stay valid
+across restarts of the product.
 """
 
 from __future__ import annotations
@@ -17,39 +20,34 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx2
 
 from . import wire
+from .blocks import DELTA, TEXT, Chunk, message_events
+from .engine import Engine
+from .errors import Refusal
+from .stub_brain import STUB_PREFIX, decide, stub_reply_text
 
-STUB_PREFIX = "[offline stub] "
-_ECHO_LIMIT = 200
+__all__ = ["STUB_PREFIX", "OfflineStubTransport", "stub_reply_text"]
 
-
-def stub_reply_text(messages: Any) -> str:
-    """The canned reply: labelled, plus a short deterministic echo of the last user message."""
-    said = " ".join(wire.last_user_text(messages).split())
-    if len(said) > _ECHO_LIMIT:
-        said = said[: _ECHO_LIMIT - 1] + "…"
-    return f"{STUB_PREFIX}No ANTHROPIC_API_KEY is set, so this reply is canned. You said: {said}"
+_STUB_SECRET = b"agent-server offline stub: thinking signatures"
 
 
 class _LazySSE(httpx2.AsyncByteStream):
-    """Yields one SSE event at a time, pausing before each text delta after the first."""
+    """Yields one SSE event at a time, pausing before each content delta after the first."""
 
-    def __init__(self, head: list[bytes], deltas: list[bytes], tail: list[bytes], token_delay: float) -> None:
-        self._head, self._deltas, self._tail = head, deltas, tail
+    def __init__(self, chunks: list[Chunk], token_delay: float) -> None:
+        self._chunks = chunks
         self._token_delay = token_delay
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        for chunk in self._head:
-            yield chunk
-        for index, chunk in enumerate(self._deltas):
-            if index and self._token_delay:
-                await asyncio.sleep(self._token_delay)
-            yield chunk
-        for chunk in self._tail:
+        paced = 0
+        for chunk, kind in self._chunks:
+            if kind in (TEXT, DELTA):
+                if paced and self._token_delay:
+                    await asyncio.sleep(self._token_delay)
+                paced += 1
             yield chunk
 
 
@@ -67,6 +65,7 @@ class OfflineStubTransport(httpx2.AsyncBaseTransport):
 
     def __init__(self, *, token_delay: float = 0.02) -> None:
         self.token_delay = token_delay
+        self.engine = Engine(secret=_STUB_SECRET)
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         request_id = wire.new_request_id("req_stub_")
@@ -76,26 +75,32 @@ class OfflineStubTransport(httpx2.AsyncBaseTransport):
             body = json.loads(await request.aread())
         except ValueError:
             body = None
-        if not isinstance(body, dict) or not body.get("model") or not isinstance(body.get("messages"), list):
-            return _error(400, "model and messages are required", request_id)
+        try:
+            facts = self.engine.check(body)
+            answer = self.engine.answer(body, facts, decide(body, facts))
+        except Refusal as refusal:
+            self.engine.refused(request_id, refusal.message, refusal.status)
+            return _error(refusal.status, refusal.message, request_id)
 
-        # The label is the first token, so even the first streamed chunk says what this is.
-        tokens = [STUB_PREFIX, *wire.split_tokens(stub_reply_text(body["messages"])[len(STUB_PREFIX) :])]
-        usage = wire.build_usage(
-            input_tokens=wire.count_input_tokens(body.get("system"), body["messages"]), output_tokens=len(tokens)
-        )
-        message_id, model = wire.new_message_id(), body["model"]
+        message_id, model, plan = wire.new_message_id(), body["model"], answer.plan
         if body.get("stream") is True:
-            stream = _LazySSE(
-                wire.stream_head(message_id=message_id, model=model, usage=usage),
-                [wire.text_delta(token) for token in tokens],
-                wire.stream_tail(usage=usage, stop_reason="end_turn"),
-                self.token_delay,
+            chunks = message_events(
+                message_id=message_id,
+                model=model,
+                start_usage={**answer.usage, "output_tokens": 1},
+                usage=answer.usage,
+                blocks=plan.blocks,
+                stop_reason=plan.stop_reason,
             )
             headers = {"request-id": request_id, "content-type": "text/event-stream; charset=utf-8"}
-            return httpx2.Response(200, headers=headers, stream=stream, request=request)
+            return httpx2.Response(200, headers=headers, stream=_LazySSE(chunks, self.token_delay), request=request)
         message = wire.build_message(
-            message_id=message_id, model=model, tokens=tokens, usage=usage, stop_reason="end_turn"
+            message_id=message_id,
+            model=model,
+            tokens=[],
+            usage=answer.usage,
+            stop_reason=plan.stop_reason,
+            content=[planned.block for planned in plan.blocks],
         )
         headers = {"request-id": request_id, "content-type": "application/json"}
         return httpx2.Response(200, headers=headers, content=wire.dumps(message).encode(), request=request)

@@ -9,11 +9,12 @@ SSE event is named (the SDK drops unnamed ones), `message_start` carries the ful
 from __future__ import annotations
 
 import json
-import math
 import re
 import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from . import tokens
 
 ERROR_TYPES: dict[int, str] = {
     400: "invalid_request_error",
@@ -64,37 +65,57 @@ def dumps(data: Any) -> str:
 
 
 def build_usage(
-    *, input_tokens: int, output_tokens: int, overrides: Mapping[str, Any] | None = None
+    *,
+    input_tokens: int,
+    output_tokens: int,
+    overrides: Mapping[str, Any] | None = None,
+    cache_read: int = 0,
+    cache_5m: int = 0,
+    cache_1h: int = 0,
+    web_search_requests: int | None = None,
 ) -> dict[str, Any]:
-    """A full usage dict: defaults of zero for every cache field, then `overrides` merged in.
+    """A full usage dict: the counted values (zero cache fields by default), then `overrides` merged in.
 
-    When `overrides` gives only the 5m/1h `cache_creation` breakdown, the total
-    `cache_creation_input_tokens` is derived from it so the two always agree.
-    """
+    When `overrides` gives only the 5m/1h `cache_creation` breakdown, the total `cache_creation_input_tokens`
+    is derived from it so the two agree. Override values may be any JSON (a string, a negative or a huge
+    number): they reach the client unchanged."""
     overrides = dict(overrides or {})
-    breakdown = {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0}
-    breakdown.update(overrides.pop("cache_creation", None) or {})
+    breakdown: Any = {"ephemeral_5m_input_tokens": cache_5m, "ephemeral_1h_input_tokens": cache_1h}
+    if "cache_creation" in overrides:
+        given = overrides.pop("cache_creation")
+        breakdown = {**breakdown, **given} if isinstance(given, Mapping) else given
+    numbers = list(breakdown.values()) if isinstance(breakdown, Mapping) else [None]
+    total = sum(numbers) if all(isinstance(n, int) for n in numbers) else cache_5m + cache_1h
     usage: dict[str, Any] = {
         "input_tokens": input_tokens,
-        "cache_creation_input_tokens": sum(breakdown.values()),
-        "cache_read_input_tokens": 0,
+        "cache_creation_input_tokens": total,
+        "cache_read_input_tokens": cache_read,
         "cache_creation": breakdown,
         "output_tokens": output_tokens,
     }
+    if web_search_requests is not None:
+        usage["server_tool_use"] = {"web_search_requests": web_search_requests, "web_fetch_requests": 0}
     usage.update(overrides)
     return usage
 
 
 def build_message(
-    *, message_id: str, model: str, tokens: Sequence[str], usage: Mapping[str, Any], stop_reason: str
+    *,
+    message_id: str,
+    model: str,
+    tokens: Sequence[str],
+    usage: Mapping[str, Any],
+    stop_reason: str,
+    content: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The JSON body of a non-streamed `POST /v1/messages` reply."""
+    """The JSON body of a non-streamed `POST /v1/messages` reply: `content` blocks, else one text block."""
+    blocks = [dict(block) for block in content] if content is not None else [{"type": "text", "text": "".join(tokens)}]
     return {
         "id": message_id,
         "type": "message",
         "role": "assistant",
         "model": model,
-        "content": [{"type": "text", "text": "".join(tokens)}],
+        "content": blocks,
         "stop_reason": stop_reason,
         "stop_sequence": None,
         "usage": dict(usage),
@@ -125,9 +146,14 @@ def stream_head(*, message_id: str, model: str, usage: Mapping[str, Any]) -> lis
     ]
 
 
-def text_delta(token: str) -> bytes:
+def text_delta(token: str, index: int = 0) -> bytes:
     delta = {"type": "text_delta", "text": token}
-    return sse_event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
+    return sse_event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+
+
+def mystery_event() -> bytes:
+    """An event type no client knows, with data that is not JSON (a fault for hardening tests)."""
+    return b"event: mystery_event\ndata: not json\n\n"
 
 
 def stream_tail(*, usage: Mapping[str, Any], stop_reason: str) -> list[bytes]:
@@ -191,17 +217,35 @@ def split_tokens(text: str) -> list[str]:
     return _WORD.findall(text)
 
 
+def tool_results(messages: Any) -> list[dict[str, Any]]:
+    """The `tool_result` blocks of the last user message (none when it is plain text)."""
+    for message in reversed(messages if isinstance(messages, list) else []):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            if not isinstance(content, list):
+                return []
+            return [b for b in content if isinstance(b, dict) and b.get("type") == "tool_result"]
+    return []
+
+
+def result_text(result: Mapping[str, Any], limit: int = 80) -> str:
+    """A tool_result's text on one line, shortened to `limit` characters."""
+    text = " ".join(content_text(result.get("content")).split()) or "(empty)"
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return f"error: {text}" if result.get("is_error") else text
+
+
 def default_reply_tokens(messages: Any, n_tokens: int | None = None) -> list[str]:
-    """The deterministic reply: `Echo: <last user text>` in word tokens, or exactly `n_tokens` tokens."""
+    """The deterministic reply, in word tokens: exactly `n_tokens` tokens; else, after tool results,
+    `Done. Results: <each result's text>`; else `Echo: <last user text>`."""
     if n_tokens is not None:
         return [f"tok{i} " for i in range(n_tokens)]
+    if results := tool_results(messages):
+        return split_tokens("Done. Results: " + "; ".join(result_text(result) for result in results))
     return split_tokens(f"Echo: {last_user_text(messages)}")
 
 
-def count_input_tokens(system: Any, messages: Any) -> int:
-    """A deterministic estimate, about four characters a token and never zero."""
-    chars = len(content_text(system))
-    for message in messages if isinstance(messages, list) else []:
-        if isinstance(message, dict):
-            chars += len(content_text(message.get("content")))
-    return max(1, math.ceil(chars / 4))
+def count_input_tokens(system: Any, messages: Any, tools: Any = None) -> int:
+    """A deterministic estimate, about four characters a token and never zero (rule: `tokens` module)."""
+    return tokens.count_input_tokens(system, messages, tools)

@@ -61,3 +61,10 @@ def validate(model: type[Model], data: object, limits: Limits) -> Model:
 
 async def read_model(request: Request, model: type[Model], *, max_bytes: int, limits: Limits) -> Model:
     return validate(model, parse_json(await read_limited(request, max_bytes)), limits)
+
+
+async def read_json_object(request: Request, max_bytes: int) -> dict:
+    data = parse_json(await read_limited(request, max_bytes))
+    if not isinstance(data, dict):
+        raise errors.ValidationFailed("Invalid request: the body must be a JSON object.")
+    return data

@@ -1,55 +1,98 @@
-"""GET /conversations and GET /conversations/{id}: the audit of what was said and what it cost."""
+"""GET /conversations, GET /conversations/{id} (the audit), GET /conversations/{id}/turns (history in pages),
+PATCH (title) and DELETE /conversations/{id}, GET /export (NDJSON)."""
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import Response, StreamingResponse
 
 from .. import errors
-from ..db.repository import Totals
+from ..db import reads
+from ..db.reads import Totals
+from ..jsonenc import dumps
+from .body import read_json_object
 from .context import caller, runtime_of
-from .serialize import conversation_summary, timestamp, totals, turn, upstream_call
+from .responses import PlainJSONResponse as JSONResponse
+from .serialize import audit, conversation_summary, turn
 
 MAX_PAGE = 200
+# An audit this many turns long is encoded off the event loop (a big history takes tens of milliseconds).
+ENCODE_OFF_LOOP = 200
+
+
+def _whole_number(raw: str | None, name: str, *, default: int, low: int, high: int) -> int:
+    if raw is None:
+        return default
+    # isdigit() alone accepts "²", which int() refuses: ASCII digits only.
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+        raise errors.ValidationFailed(f"Invalid request: {name} must be a whole number from {low} to {high}.")
+    return int(raw)
+
+
+class RawJSON(JSONResponse):
+    def render(self, content) -> bytes:  # type: ignore[no-untyped-def]
+        return content if isinstance(content, bytes) else super().render(content)
 
 
 async def get_conversation(request: Request) -> JSONResponse:
     owner = caller(request)
-    audit = await runtime_of(request).service.audit(owner=owner, conversation_id=request.path_params["id"])
-    record = audit.conversation
-    return JSONResponse(
-        {
-            "id": record.id,
-            "owner": record.owner,
-            "model": record.model,
-            "system": record.system,
-            "created_at": timestamp(record.created_at),
-            "updated_at": timestamp(record.updated_at),
-            "turns": [turn(row) for row in audit.turns],
-            "requests": [upstream_call(row) for row in audit.calls],
-            "totals": totals(audit.totals),
-        }
-    )
+    value = await runtime_of(request).conversations.audit(owner=owner, conversation_id=request.path_params["id"])
+    payload = audit(value)
+    if len(value.turns) >= ENCODE_OFF_LOOP:
+        return RawJSON(await asyncio.to_thread(lambda: dumps(payload).encode()))
+    return JSONResponse(payload)
 
 
-def _limit(raw: str | None) -> int:
-    if raw is None:
-        return 50
-    # isdigit() alone accepts "²", which int() refuses: ASCII digits only.
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE:
-        raise errors.ValidationFailed(f"Invalid request: limit must be a whole number from 1 to {MAX_PAGE}.")
-    return int(raw)
+async def get_turns(request: Request) -> JSONResponse:
+    owner = caller(request)
+    limit = _whole_number(request.query_params.get("limit"), "limit", default=50, low=1, high=MAX_PAGE)
+    before_raw = request.query_params.get("before")
+    before = None if before_raw is None else _whole_number(before_raw, "before", default=0, low=1, high=2**31)
+    page = await runtime_of(request).conversations.turns_page(
+        owner=owner, conversation_id=request.path_params["id"], before=before, limit=limit)
+    return JSONResponse({"turns": [turn(row) for row in page.turns], "before": page.before})
 
 
 async def list_conversations(request: Request) -> JSONResponse:
     owner = caller(request)
-    limit = _limit(request.query_params.get("limit"))
-    page = await runtime_of(request).service.list_conversations(
-        owner=owner, limit=limit, cursor=request.query_params.get("before") or None
-    )
-    return JSONResponse(
-        {
-            "conversations": [conversation_summary(c, page.totals.get(c.id, Totals())) for c in page.conversations],
-            "next_cursor": page.next_cursor,
-        }
-    )
+    limit = _whole_number(request.query_params.get("limit"), "limit", default=50, low=1, high=MAX_PAGE)
+    page = await runtime_of(request).conversations.list(
+        owner=owner, limit=limit, cursor=request.query_params.get("before") or None)
+    return JSONResponse({
+        "conversations": [conversation_summary(c, page.totals.get(c.id, Totals())) for c in page.conversations],
+        "next_cursor": page.next_cursor,
+    })
+
+
+async def patch_conversation(request: Request) -> JSONResponse:
+    owner = caller(request)
+    runtime = runtime_of(request)
+    body = await read_json_object(request, runtime.settings.max_body_bytes)
+    if set(body) != {"title"} or not isinstance(body["title"], str):
+        raise errors.ValidationFailed('Invalid request: the body must be {"title": "..."}.')
+    record = await runtime.lifecycle.rename(owner=owner, conversation_id=request.path_params["id"],
+                                            title=body["title"])
+    async with runtime.db.read() as conn:
+        totals = await reads.totals_by_conversation(conn, conversation_ids=[record.id])
+    return JSONResponse(conversation_summary(record, totals.get(record.id, Totals())))
+
+
+async def delete_conversation(request: Request) -> Response:
+    owner = caller(request)
+    await runtime_of(request).lifecycle.delete(owner=owner, conversation_id=request.path_params["id"])
+    return Response(status_code=204)
+
+
+async def export(request: Request) -> StreamingResponse:
+    """The caller's conversations as NDJSON, one audit a line, oldest first, streamed (constant memory)."""
+    owner = caller(request)
+    runtime = runtime_of(request)
+
+    async def lines():  # type: ignore[no-untyped-def]
+        async for value in runtime.conversations.export(owner=owner):
+            yield (dumps(audit(value)) + "\n").encode()
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson",
+                             headers={"Content-Disposition": 'attachment; filename="conversations.ndjson"'})

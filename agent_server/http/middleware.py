@@ -1,4 +1,4 @@
-"""Cross-cutting ASGI middleware: request ids and the access log line."""
+"""Cross-cutting ASGI middleware: request ids and the access log line, security headers, trailing slashes."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("agent_server.access")
+
+# Responses of these routes carry conversation content: no cache may keep them.
+_PRIVATE_PREFIXES = ("/agent", "/conversations", "/replies", "/export", "/usage")
 
 
 def new_request_id() -> str:
@@ -39,8 +42,7 @@ class RequestContext:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
             elif message["type"] == "websocket.accept":
                 status = 101
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
@@ -70,3 +72,48 @@ class RequestContext:
                     "conversation_id": context.get("conversation_id"),
                 },
             )
+
+
+class SecurityHeaders:
+    """``X-Content-Type-Options: nosniff`` on every response; ``Cache-Control: no-store`` on every response
+    that carries conversation content (added to what a route sets, e.g. the event stream's ``no-cache``)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        private = scope["path"].startswith(_PRIVATE_PREFIXES)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"cache-control"]
+                cache = [v for k, v in message.get("headers", []) if k.lower() == b"cache-control"]
+                headers.append((b"x-content-type-options", b"nosniff"))
+                if private:
+                    directives = [d.strip() for v in cache for d in v.split(b",") if d.strip()]
+                    if b"no-store" not in directives:
+                        directives.insert(0, b"no-store")
+                    cache = [b", ".join(directives)]
+                headers.extend((b"cache-control", v) for v in cache)
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class TrailingSlash:
+    """``/agent/`` is served as ``/agent`` (instead of Starlette's empty 307 redirect)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] in ("http", "websocket") and len(path) > 1 and path.endswith("/"):
+            scope = {**scope, "path": path.rstrip("/") or "/"}
+            if "raw_path" in scope and scope["raw_path"]:
+                scope["raw_path"] = scope["raw_path"].rstrip(b"/") or b"/"
+        await self.app(scope, receive, send)

@@ -1,33 +1,61 @@
-"""WebSocket /agent/ws: a multi-turn chat session over one connection, history loaded on resume.
+"""WebSocket /agent/ws: a chat session over one connection.
 
-Three tasks per session: this handler reads frames, a reply task streams the current reply, and a ping
-task keeps idle sessions alive. Frames are written under one lock so they never interleave.
+Per session: this handler reads frames; a forwarder follows the current reply (started here, or found running when
+the session resumes a conversation) and writes its events as frames; a pinger keeps an idle session alive and lets
+go of a client that stopped reading. Frames are written under one lock so they never interleave. Replies run on
+their own: a socket that closes leaves its reply running (``on_disconnect: continue``) or cancels it.
+
+Hostile clients: malformed frames spend a per-session budget (past it: close 1008); one key holds at most
+``AGENT_MAX_WS_SESSIONS_PER_KEY`` sessions per process; a frame over ``AGENT_MAX_BODY_BYTES`` closes with 1009.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .. import errors
-from ..service import ReplyParams
+from ..service.replies import ReplyRequest
+from . import frames
+from .agent import reply_request
 from .auth import bearer_token, owner_for
 from .body import parse_json, validate
 from .context import count_model_call, runtime_of
-from .opening import StartOnce
-from .schemas import WsMessage
-from .serialize import done_payload, turn
+from .responses import PlainJSONResponse as JSONResponse
+from .schemas import AgentRequest, WsApproval, WsMessage, WsToolResult
+from .serialize import turn
 
 log = logging.getLogger(__name__)
 
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_NOT_FOUND = 4404
 CLOSE_TOO_BIG = 1009
+CLOSE_POLICY = 1008
+HISTORY_TURNS = 50
+HISTORY_BYTES = 512 * 1024
+MALFORMED_BURST = 20  # malformed frames a session may send at once; one more is allowed per second after that
+SLOW_CLIENT_SECONDS = 30.0
+
+
+class Budget:
+    """A token bucket: ``spend()`` is False once the burst is used up faster than it refills."""
+
+    def __init__(self, burst: int, per_second: float):
+        self.burst, self.rate = burst, per_second
+        self.tokens, self.at = float(burst), time.monotonic()
+
+    def spend(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
 
 class Session:
@@ -36,142 +64,254 @@ class Session:
         self.runtime = runtime_of(websocket)
         self.owner = owner
         self.conversation_id = conversation_id
-        self.reply_task: asyncio.Task | None = None
-        self._cancel_requested = False
+        self.reply_id: str | None = None
+        self.process = None  # the ReplyProcess when it runs in this process
+        self.forwarder: asyncio.Task | None = None
+        self.pending: dict[str, str] = {}  # tool_use_id -> approval | client_tool
+        self.answers: dict[str, dict] = {}
+        self.on_disconnect = self.runtime.settings.on_disconnect
+        self.malformed = Budget(MALFORMED_BURST, 1.0)
+        self.closed = False
         self._lock = asyncio.Lock()
         self._last_sent = time.monotonic()
+        self._blocked_since: float | None = None
 
-    async def send(self, frame: dict) -> None:
+    # -- writing -------------------------------------------------------------------------------------------
+
+    async def send_text(self, text: str) -> None:
         async with self._lock:
-            self._last_sent = time.monotonic()
-            await self.ws.send_text(json.dumps(frame, ensure_ascii=False, separators=(",", ":")))
+            self._last_sent = self._blocked_since = time.monotonic()
+            await self.ws.send_text(text)
+            self._blocked_since = None
 
     async def send_error(self, error: errors.AgentError) -> None:
         envelope = error.envelope()
         if error.retry_after is not None:
             envelope["error"]["retry_after"] = error.retry_after
-        await self.send({"type": "error", **envelope})
+        await self.send_text(frames.ws_frame("error", envelope))
 
     async def ping_forever(self) -> None:
         interval = self.runtime.settings.ws_ping_seconds
         while True:
-            idle_for = time.monotonic() - self._last_sent
+            now = time.monotonic()
+            if self._blocked_since is not None and now - self._blocked_since > SLOW_CLIENT_SECONDS:
+                log.info("closing a WebSocket session whose client stopped reading")
+                self.closed = True
+                with contextlib.suppress(Exception):
+                    await self.ws.close(code=CLOSE_POLICY)
+                return
+            idle_for = now - self._last_sent
             if idle_for < interval:
-                await asyncio.sleep(interval - idle_for)
+                await asyncio.sleep(min(interval - idle_for, SLOW_CLIENT_SECONDS / 3))
                 continue
-            await self.send({"type": "ping"})
+            await self.send_text('{"type":"ping"}')
+
+    # -- following a reply ---------------------------------------------------------------------------------
+
+    def follow(self, reply_id: str, events, process=None) -> None:  # type: ignore[no-untyped-def]
+        self.reply_id, self.process = reply_id, process
+        self.forwarder = asyncio.create_task(self._forward(events))
+
+    async def _forward(self, events) -> None:  # type: ignore[no-untyped-def]
+        try:
+            async for event in events:
+                if event.name == "requires_action":
+                    self.pending = {item["tool_use_id"]: item["kind"] for item in event.data["pending"]}
+                    self.answers = {}
+                elif event.name == "start":
+                    self.conversation_id = event.data["conversation_id"]
+                    self.ws.scope.setdefault("agent", {})["conversation_id"] = self.conversation_id
+                await self.send_text(frames.ws(event))
+        except (WebSocketDisconnect, OSError, RuntimeError):
+            pass  # the socket is gone; the reply is not ours to stop here
+        except Exception:
+            request_id = self.ws.scope.get("agent", {}).get("request_id", "unknown")
+            log.exception("unhandled error forwarding a reply (request id %s)", request_id)
+            with contextlib.suppress(Exception):
+                await self.send_error(errors.InternalError(request_id))
+
+    @property
+    def busy(self) -> bool:
+        return self.forwarder is not None and not self.forwarder.done()
+
+    # -- frames from the client ----------------------------------------------------------------------------
 
     async def handle_frame(self, text: str) -> None:
         try:
             data = parse_json(text)
         except errors.AgentError as exc:
-            await self.send_error(exc)
+            await self.malformed_frame(exc)
             return
         kind = data.get("type", "message") if isinstance(data, dict) else None
-        if kind == "cancel":
-            self.cancel()
-            return
+        if not isinstance(kind, str):
+            kind = None
         if kind in ("ping", "pong"):
             return
-        if kind != "message":
-            await self.send_error(errors.ValidationFailed(
-                "Invalid frame: expected {\"type\": \"message\", \"message\": ...} or {\"type\": \"cancel\"}."
-            ))
+        handler = {"message": self.on_message, "cancel": self.on_cancel, "approval": self.on_answer,
+                   "tool_result": self.on_answer, "history": self.on_history}.get(kind)  # type: ignore[arg-type]
+        if handler is None:
+            await self.malformed_frame(errors.ValidationFailed(
+                'Invalid frame: expected a type of "message", "cancel", "approval", "tool_result" or "history".'))
             return
+        await handler(data)
+
+    async def malformed_frame(self, error: errors.AgentError) -> None:
+        if not self.malformed.spend():
+            log.info("closing a WebSocket session that sent too many malformed frames")
+            self.closed = True
+            await self.ws.close(code=CLOSE_POLICY, reason="too many malformed frames")
+            return
+        await self.send_error(error)
+
+    async def on_message(self, data: dict) -> None:
         try:
             frame = validate(WsMessage, data, self.runtime.limits)
         except errors.AgentError as exc:
-            await self.send_error(exc)
+            await self.malformed_frame(exc)
             return
-        if self.reply_task is not None and not self.reply_task.done():
+        body = AgentRequest.model_construct(
+            message=frame.message, conversation_id=self.conversation_id, system=None, model=frame.model,
+            max_tokens=frame.max_tokens, tools=frame.tools, tool_choice=frame.tool_choice, thinking=frame.thinking,
+            approvals=[], tool_results=[], background=False, on_disconnect=frame.on_disconnect)
+        await self._start(reply_request(body), frame.on_disconnect)
+
+    async def on_answer(self, data: dict) -> None:
+        model = WsApproval if data.get("type") == "approval" else WsToolResult
+        try:
+            frame = validate(model, data, self.runtime.limits)
+        except errors.AgentError as exc:
+            await self.malformed_frame(exc)
+            return
+        kind = self.pending.get(frame.tool_use_id)
+        if kind is None or frame.tool_use_id in self.answers:
+            await self.send_error(errors.ValidationFailed(
+                "No pending action has this tool_use_id (unknown, or already answered)."))
+            return
+        if isinstance(frame, WsApproval):
+            if kind != "approval":
+                await self.send_error(errors.ValidationFailed("This pending action needs a tool_result frame."))
+                return
+            answer = {"kind": "approval", "tool_use_id": frame.tool_use_id, "approved": frame.approved,
+                      "reason": frame.reason}
+        else:
+            if kind != "client_tool":
+                await self.send_error(errors.ValidationFailed("This pending action needs an approval frame."))
+                return
+            answer = {"kind": "client_tool", "tool_use_id": frame.tool_use_id, "content": frame.content,
+                      "is_error": frame.is_error}
+        self.answers[frame.tool_use_id] = answer
+        if set(self.answers) == set(self.pending):
+            answers, self.pending, self.answers = list(self.answers.values()), {}, {}
+            await self._start(ReplyRequest(conversation_id=self.conversation_id, answers=answers), None)
+
+    async def _start(self, request: ReplyRequest, on_disconnect: str | None) -> None:
+        if self.busy:
             await self.send_error(errors.Conflict("A reply is already in progress on this session."))
             return
-        self._cancel_requested = False
-        self.reply_task = asyncio.create_task(self.guarded_reply(frame))
-
-    def cancel(self) -> None:
-        if self.reply_task is not None and not self.reply_task.done():
-            self._cancel_requested = True
-            self.reply_task.cancel(msg="client cancelled")
-
-    async def guarded_reply(self, frame: WsMessage) -> None:
-        """The reply task: failures of the connection end it quietly, bugs become an ``api_error`` frame."""
-        try:
-            await self.reply(frame)
-        except (WebSocketDisconnect, OSError, RuntimeError) as exc:
-            if self.ws.client_state.name == "CONNECTED" and isinstance(exc, RuntimeError):
-                await self._report_bug()
-        except Exception:
-            await self._report_bug()
-
-    async def _report_bug(self) -> None:
-        request_id = self.ws.scope.get("agent", {}).get("request_id", "unknown")
-        log.exception("unhandled error in a WebSocket reply (request id %s)", request_id)
-        with contextlib.suppress(Exception):
-            await self.send_error(errors.InternalError(request_id))
-
-    async def reply(self, frame: WsMessage) -> None:
-        params = ReplyParams(
-            message=frame.message, conversation_id=self.conversation_id, model=frame.model,
-            max_tokens=frame.max_tokens,
-        )
         try:
             await count_model_call(self.ws, self.owner)
-            reply = await self.runtime.service.open_reply(owner=self.owner, params=params, route="ws")
+            process = await self.runtime.replies.start(owner=self.owner, request=request, route="ws")
         except errors.AgentError as exc:
             await self.send_error(exc)
             return
-        self.conversation_id = reply.conversation_id
-        self.ws.scope.setdefault("agent", {})["conversation_id"] = reply.conversation_id
+        self.on_disconnect = on_disconnect or self.runtime.settings.on_disconnect
+        self.conversation_id = process.conversation_id
+        self.follow(process.reply_id, process.journal.follow(0), process)
 
-        start = StartOnce(
-            lambda: self.send({"type": "start", "conversation_id": reply.conversation_id, "model": reply.model})
-        )
-
-        async def token(text: str) -> None:
-            if not start.sent:
-                await start()
-            await self.send({"type": "token", "text": text})
-
-        try:
-            outcome = await reply.run(token, on_open=start)
-        except errors.AgentError as exc:
-            await start()
-            await self.send_error(exc)
+    async def on_cancel(self, data: dict) -> None:
+        if not self.busy or self.reply_id is None:
             return
-        except asyncio.CancelledError:
-            # A cancel before run() began leaves nothing stored yet: store it (a no-op otherwise).
-            await reply.abandon()
-            if not self._cancel_requested:
-                raise
-            asyncio.current_task().uncancel()
-            await start()
-            await self.send({"type": "cancelled", "conversation_id": reply.conversation_id, "turn_id": reply.turn_id})
+        if self.process is not None:
+            self.process.cancel("cancelled")
             return
-        except BaseException:
-            await reply.abandon()
-            raise
-        await start()
-        await self.send({"type": "done", **done_payload(outcome)})
+        reply_id = self.reply_id
+        asyncio.ensure_future(self.runtime.replies.cancel(owner=self.owner, reply_id=reply_id))
 
-    async def close_reply(self) -> None:
-        """The connection is gone: stop the reply in flight (its partial turn is stored by the reply)."""
-        if self.reply_task is not None and not self.reply_task.done():
-            self.reply_task.cancel(msg="client disconnected")
+    async def on_history(self, data: dict) -> None:
+        before = data.get("before")
+        if self.conversation_id is None or not (isinstance(before, int) and not isinstance(before, bool)
+                                                and before > 0):
+            await self.malformed_frame(errors.ValidationFailed(
+                'Invalid frame: {"type": "history", "before": <seq>} on a session with a conversation.'))
+            return
+        page = await self.runtime.conversations.turns_page(owner=self.owner, conversation_id=self.conversation_id,
+                                                           before=before, limit=HISTORY_TURNS)
+        await self.send_text(frames.ws_frame("history", {"turns": [turn(t) for t in page.turns],
+                                                         "before": page.before}))
+
+    async def close(self) -> None:
+        """The connection is gone: stop forwarding; cancel the reply if the client asked for that."""
+        if self.busy:
+            if self.on_disconnect == "cancel" and self.reply_id is not None:
+                if self.process is not None:
+                    self.process.cancel("cancelled")
+                else:
+                    asyncio.ensure_future(self.runtime.replies.cancel(owner=self.owner, reply_id=self.reply_id))
+            assert self.forwarder is not None
+            self.forwarder.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.reply_task
+                await self.forwarder
 
 
-def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
-    """Browsers apply no CORS to WebSockets: a handshake from a page must come from an allowed origin.
-    Clients that are not browsers send no Origin and are not affected."""
-    return origin is None or "*" in allowed or origin.rstrip("/") in allowed
+async def upgrade_required(request) -> JSONResponse:  # type: ignore[no-untyped-def]
+    """A plain HTTP request on the WebSocket route: 426, with the envelope, saying how to connect."""
+    error = errors.ValidationFailed(
+        "This is a WebSocket endpoint: connect with a WebSocket client (Upgrade: websocket).")
+    return JSONResponse(error.envelope(), status_code=426, headers={"Upgrade": "websocket", "Connection": "Upgrade"})
+
+
+def origin_allowed(origin: str | None, allowed: tuple[str, ...], own: str | None = None) -> bool:
+    """Browsers apply no CORS to WebSockets: a handshake from a page must come from an allowed origin (or this
+    server's own page). Clients that are not browsers send no Origin and are not affected."""
+    if origin is None or "*" in allowed:
+        return True
+    origin = origin.rstrip("/")
+    return origin in allowed or (own is not None and origin == own)
+
+
+def _own_origin(websocket: WebSocket) -> str | None:
+    host = websocket.headers.get("host")
+    if not host:
+        return None
+    scheme = "https" if websocket.url.scheme == "wss" else "http"
+    return f"{scheme}://{host}"
+
+
+async def _resume(session: Session, conversation_id: str, after: int) -> bool:
+    """The session frame of a stored conversation (its newest turns; a running reply followed from ``after``)."""
+    runtime, owner = session.runtime, session.owner
+    try:
+        page = await runtime.conversations.turns_page(owner=owner, conversation_id=conversation_id, before=None,
+                                                      limit=HISTORY_TURNS)
+        reply_id = await runtime.replies.running_reply_of(owner=owner, conversation_id=conversation_id)
+        pending = await runtime.conversations.pending_actions(owner=owner, conversation_id=conversation_id)
+    except errors.NotFound as exc:
+        await session.send_error(exc)
+        await session.ws.close(code=CLOSE_NOT_FOUND)
+        return False
+    turns = [turn(t) for t in page.turns]
+    before = page.before
+    while len(turns) > 1 and len(frames.ws_frame("session", {"turns": turns})) > HISTORY_BYTES:
+        before = turns[0]["seq"]
+        turns = turns[1:]
+    reply = None
+    if reply_id is not None:
+        status = await runtime.replies.status(owner=owner, reply_id=reply_id)
+        reply = {"reply_id": reply_id, "status": status.status, "last_seq": status.last_seq}
+    session.pending = {item["tool_use_id"]: item["kind"] for item in pending}
+    await session.send_text(frames.ws_frame("session", {
+        "conversation_id": conversation_id, "turns": turns, "turns_before": before, "reply": reply,
+        "pending": pending or None}))
+    if reply_id is not None and reply is not None and reply["status"] == "running":
+        events = await runtime.replies.follow(owner=owner, reply_id=reply_id, after=after)
+        session.follow(reply_id, events, runtime.supervisor.get(reply_id))
+    return True
 
 
 async def agent_ws(websocket: WebSocket) -> None:
     runtime = runtime_of(websocket)
-    if not origin_allowed(websocket.headers.get("origin"), runtime.settings.cors_origins):
-        await websocket.close(code=1008)  # before accept: the handshake is refused with 403
+    if not origin_allowed(websocket.headers.get("origin"), runtime.settings.cors_origins, _own_origin(websocket)):
+        await websocket.close(code=CLOSE_POLICY)  # before accept: the handshake is refused with 403
         return
     token = bearer_token(websocket.headers) or websocket.query_params.get("token")
     await websocket.accept()
@@ -181,22 +321,35 @@ async def agent_ws(websocket: WebSocket) -> None:
         await websocket.close(code=CLOSE_UNAUTHORIZED, reason=exc.message[:120])
         return
     websocket.scope.setdefault("agent", {})["owner"] = owner
+    if not runtime.ws_sessions.enter(owner):
+        error = errors.RateLimited(f"At most {runtime.settings.max_ws_sessions_per_key} WebSocket sessions may be "
+                                   "open per client key.", retry_after=5)
+        with contextlib.suppress(Exception):
+            await websocket.send_text(frames.ws_frame("error", error.envelope()))
+            await websocket.close(code=CLOSE_POLICY)
+        return
+    try:
+        await _session(websocket, runtime, owner)
+    finally:
+        runtime.ws_sessions.leave(owner)
+
+
+async def _session(websocket: WebSocket, runtime, owner: str) -> None:  # type: ignore[no-untyped-def]
     conversation_id = websocket.query_params.get("conversation_id") or None
+    after_raw = websocket.query_params.get("after") or "0"
+    after = int(after_raw) if after_raw.isascii() and after_raw.isdigit() and len(after_raw) < 12 else 0
     session = Session(websocket, owner, conversation_id)
-    turns: list = []
     if conversation_id is not None:
-        try:
-            turns = await runtime.service.history(owner=owner, conversation_id=conversation_id)
-        except errors.NotFound as exc:
-            await session.send_error(exc)
-            await websocket.close(code=CLOSE_NOT_FOUND)
+        if not await _resume(session, conversation_id, after):
             return
-    await session.send({"type": "session", "conversation_id": conversation_id, "turns": [turn(t) for t in turns]})
+    else:
+        await session.send_text(frames.ws_frame("session", {"conversation_id": None, "turns": [],
+                                                            "turns_before": None, "reply": None, "pending": None}))
     pinger = asyncio.create_task(session.ping_forever())
     runtime.metrics.ws_sessions.inc()
     max_bytes = runtime.settings.max_body_bytes
     try:
-        while True:
+        while not session.closed:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 break
@@ -209,15 +362,15 @@ async def agent_ws(websocket: WebSocket) -> None:
                 try:
                     text = data.decode()
                 except UnicodeDecodeError:
-                    await session.send_error(errors.InvalidJSON("The frame is not valid UTF-8 JSON."))
+                    await session.malformed_frame(errors.InvalidJSON("The frame is not valid UTF-8 JSON."))
                     continue
             if len(text) > max_bytes:
                 await websocket.close(code=CLOSE_TOO_BIG)
                 break
             await session.handle_frame(text)
-    except WebSocketDisconnect:
+    except (WebSocketDisconnect, RuntimeError):
         pass
     finally:
         runtime.metrics.ws_sessions.dec()
         pinger.cancel()
-        await session.close_reply()
+        await session.close()

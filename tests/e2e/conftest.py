@@ -21,6 +21,12 @@ import pytest
 from tests.conftest import ALICE, BOB, UPSTREAM_KEY
 
 pytestmark = pytest.mark.e2e
+METRICS_TOKEN = "e2e-metrics-token-0123456789"
+
+
+def metrics_auth() -> dict[str, str]:
+    """The operator's credential for GET /metrics (client keys are not enough: metrics show every tenant)."""
+    return {"Authorization": f"Bearer {METRICS_TOKEN}"}
 
 
 def free_port() -> int:
@@ -102,6 +108,7 @@ def server_env(database_url: str, fake=None, **extra: str) -> dict[str, str]:
         AGENT_SHUTDOWN_GRACE_SECONDS="3",
         AGENT_RATE_LIMIT="100000/minute",
         AGENT_MAX_CONCURRENT_REPLIES="1000",
+        AGENT_METRICS_TOKEN=METRICS_TOKEN,
         PYTHONUNBUFFERED="1",
     )
     if fake is not None:
@@ -111,8 +118,9 @@ def server_env(database_url: str, fake=None, **extra: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def e2e_database_url(tmp_path: Path) -> str:
-    return f"sqlite+aiosqlite:///{tmp_path / 'data' / 'agent.db'}"
+def e2e_database_url(empty_database_url: str) -> str:
+    """An empty database of the test's backend (tests/conftest.py): `agent-server serve` migrates it itself."""
+    return empty_database_url
 
 
 @pytest.fixture

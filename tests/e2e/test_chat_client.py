@@ -1,28 +1,33 @@
 """`agent-server chat` end to end: the terminal client as a subprocess against a served WebSocket.
 
-Piped input (one message a line) and a real pseudo-terminal, where Ctrl-C and Ctrl-D go through the
-terminal's line discipline exactly as a person's keystrokes would.
+Piped input (one message a line) where the terminal does not matter, and a real pseudo-terminal
+(`chat_pty`) where it does: Ctrl-C and Ctrl-D go through the terminal's line discipline exactly as a
+person's keystrokes would. One server serves the module; each test has its own client state folder.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import select
+import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import ALICE, auth
-from tests.e2e.conftest import ServerProcess, server_env
+from agent_server.chat import format_usd
+from tests.conftest import ALICE, BOB, auth, plain_messages
+from tests.e2e.chat_pty import WAIT, in_terminal
+from tests.e2e.conftest import ServerProcess, free_port, server_env
 
 pytestmark = pytest.mark.e2e
 
-WAIT = 20  # seconds: an upper bound on any single wait (the client is a fresh Python process)
+NEW_CONVERSATION = r"\(new conversation (conv_[A-Za-z0-9]+)\)"
+USAGE_LINE = r"^\((\d+) in / (\d+) out tokens, \$(\d+\.\d+)\)$"
 
 
 @pytest.fixture(scope="module")
@@ -47,37 +52,53 @@ def client_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def chat_command(server: ServerProcess) -> list[str]:
-    return [sys.executable, "-m", "agent_server", "chat", "--url", server.ws_url, "--token", ALICE]
+def state_path(env: dict[str, str]) -> Path:
+    return Path(env["XDG_STATE_HOME"]) / "agent-server" / "chat.json"
 
 
-def run_chat(server: ServerProcess, env: dict[str, str], stdin: str) -> subprocess.CompletedProcess:
-    return subprocess.run(chat_command(server), input=stdin, env=env, capture_output=True, text=True,
-                          timeout=WAIT)
+def chat_command(url: str, *args: str, token: str | None = ALICE) -> list[str]:
+    return [sys.executable, "-m", "agent_server", "chat", "--url", url, *(["--token", token] if token else []),
+            *args]
+
+
+def run_chat(url: str, env: dict[str, str], stdin: str, *args: str, token: str | None = ALICE
+             ) -> subprocess.CompletedProcess:
+    """The client with piped input and output."""
+    return subprocess.run(chat_command(url, *args, token=token), input=stdin, env=env, capture_output=True,
+                          text=True, timeout=WAIT)
+
+
+def get(server: ServerProcess, path: str, **params) -> dict:
+    response = httpx.get(f"{server.base_url}{path}", params=params, headers=auth(), timeout=WAIT)
+    assert response.status_code == 200, response.text
+    return response.json()
 
 
 def newest_conversation(server: ServerProcess) -> str:
-    response = httpx.get(f"{server.base_url}/conversations", params={"limit": 1}, headers=auth(), timeout=WAIT)
-    assert response.status_code == 200, response.text
-    return response.json()["conversations"][0]["id"]
+    return get(server, "/conversations", limit=1)["conversations"][0]["id"]
 
 
-def test_piped_exchange_then_a_second_run_resumes(server, fake, client_env, tmp_path):
-    first = run_chat(server, client_env, "Hello\nHow are you\n")
+def new_conversations(stderr: str) -> list[str]:
+    return re.findall(NEW_CONVERSATION, stderr)
+
+
+def test_piped_exchange_then_a_second_run_resumes(server, fake, client_env):
+    first = run_chat(server.ws_url, client_env, "Hello\nHow are you\n")
     assert first.returncode == 0, first.stderr
-    assert "Echo: Hello" in first.stdout
-    assert "Echo: How are you" in first.stdout
-    assert first.stdout.index("Echo: Hello") < first.stdout.index("Echo: How are you")
+    # stdout is the conversation: with piped input, what was sent is shown there too.
+    assert first.stdout == "you> Hello\nclaude> Echo: Hello\nyou> How are you\nclaude> Echo: How are you\n"
 
     conversation_id = newest_conversation(server)
-    saved = "".join(p.read_text() for p in (tmp_path / "state").rglob("*") if p.is_file())
-    assert conversation_id in saved
+    assert new_conversations(first.stderr) == [conversation_id]  # said once, when the first reply started
+    assert conversation_id in state_path(client_env).read_text()
 
-    second = run_chat(server, client_env, "And now?\n")
+    second = run_chat(server.ws_url, client_env, "And now?\n")
     assert second.returncode == 0, second.stderr
-    assert "resuming" in second.stderr and conversation_id in second.stderr
-    assert "Echo: And now?" in second.stdout
-    assert fake.requests()[-1]["body"]["messages"] == [
+    assert f"(resuming {conversation_id}: 4 turns" in second.stderr
+    # The history replayed, with exactly the labels of the live turns, then the new exchange.
+    assert second.stdout == first.stdout + "you> And now?\nclaude> Echo: And now?\n"
+    assert new_conversations(second.stderr) == []
+    assert plain_messages(fake.requests()[-1]["body"]["messages"]) == [
         {"role": "user", "content": "Hello"},
         {"role": "assistant", "content": "Echo: Hello"},
         {"role": "user", "content": "How are you"},
@@ -86,75 +107,161 @@ def test_piped_exchange_then_a_second_run_resumes(server, fake, client_env, tmp_
     ]
     assert newest_conversation(server) == conversation_id
 
-
-# Makes the pseudo-terminal on fd 0 the controlling terminal of the (new) session, then runs the client:
-# Ctrl-C typed on the master then reaches it as SIGINT from the line discipline, as in a real terminal.
-WITH_TERMINAL = ("import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
-                 "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
-
-
-class Terminal:
-    """The master side of a pseudo-terminal: type into it and wait for text to appear on it."""
-
-    def __init__(self, master: int):
-        self.master = master
-        self.output = ""
-        self._seen = 0
-
-    def type(self, keys: str) -> None:
-        os.write(self.master, keys.encode())
-
-    def expect(self, text: str, timeout: float = WAIT) -> None:
-        """Read until ``text`` appears after what earlier calls consumed."""
-        deadline = time.monotonic() + timeout
-        while (found := self.output.find(text, self._seen)) < 0:
-            if not self._read(deadline - time.monotonic(), waiting_for=text):
-                raise AssertionError(f"the program exited before {text!r} appeared:\n{self.output}")
-        self._seen = found + len(text)
-
-    def read_to_end(self, timeout: float = WAIT) -> None:
-        """Read until the program has exited and closed the terminal."""
-        deadline = time.monotonic() + timeout
-        while self._read(deadline - time.monotonic()):
-            pass
-
-    def _read(self, timeout: float, waiting_for: str = "the program to exit") -> bool:
-        ready, _, _ = select.select([self.master], [], [], max(timeout, 0))
-        if not ready:
-            raise AssertionError(f"timed out waiting for {waiting_for!r}; the terminal shows:\n{self.output}")
-        try:
-            data = os.read(self.master, 65536)
-        except OSError:  # EIO: every slave descriptor is closed, the program has exited
-            return False
-        self.output += data.decode(errors="replace")
-        return bool(data)
+    afresh = run_chat(server.ws_url, client_env, "Start over\n", "--new")
+    assert afresh.returncode == 0, afresh.stderr
+    assert "resuming" not in afresh.stderr
+    (other,) = new_conversations(afresh.stderr)
+    assert other != conversation_id
+    assert plain_messages(fake.requests()[-1]["body"]["messages"]) == [{"role": "user", "content": "Start over"}]
 
 
-def test_ctrl_c_in_a_terminal_cancels_the_reply_and_ctrl_d_quits(server, fake, client_env):
-    slow = [f"w{i} " for i in range(30)]
-    fake.script({"tokens": slow, "token_delay": 0.1})
-    master, slave = os.openpty()
-    proc = subprocess.Popen([sys.executable, "-c", WITH_TERMINAL, *chat_command(server)[1:]], env=client_env,
-                            stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
-    os.close(slave)
-    terminal = Terminal(master)
-    try:
-        # Typed lines wait in the terminal until the program reads them, as when a person types ahead.
+def test_each_reply_ends_with_a_usage_line_and_a_plain_decimal_cost(server, fake, client_env):
+    result = run_chat(server.ws_url, client_env, "Hello\n")
+    assert result.returncode == 0, result.stderr
+    (line,) = re.findall(USAGE_LINE, result.stderr, re.MULTILINE)
+    (call,) = get(server, f"/conversations/{newest_conversation(server)}")["requests"]
+    assert "e-" in repr(call["cost_usd"])  # the case a float would print as 6.8e-05
+    assert (int(line[0]), int(line[1]), Decimal(line[2])) == (
+        call["input_tokens"], call["output_tokens"], Decimal(repr(call["cost_usd"])))
+
+
+def test_a_server_that_wants_a_key_says_how_to_give_one(server, client_env):
+    for token, says in ((None, "wants a client key"), ("not-a-key-of-this-server", "refused this client key")):
+        result = run_chat(server.ws_url, client_env, "Hello\n", token=token)
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert says in line and "--token" in line and "AGENT_TOKEN" in line
+
+
+def test_an_unreachable_server_is_one_line_and_status_1(client_env):
+    result = run_chat(f"ws://127.0.0.1:{free_port()}/agent/ws", client_env, "Hello\n")
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "cannot reach the server at ws://127.0.0.1:" in line
+
+
+def test_a_remembered_conversation_the_server_does_not_have_starts_a_new_one(server, fake, client_env):
+    state = state_path(client_env)
+    state.parent.mkdir(parents=True)
+    state.write_text(json.dumps({server.ws_url: "conv_gone0123456789"}))
+
+    result = run_chat(server.ws_url, client_env, "Hi there\n")
+    assert result.returncode == 0, result.stderr
+    assert ("conversation conv_gone0123456789 is not on this server (or not yours); starting a new one"
+            in result.stderr)
+    assert "Echo: Hi there" in result.stdout
+    (started,) = new_conversations(result.stderr)
+    assert json.loads(state.read_text()) == {server.ws_url: started}
+
+    # Another key's conversation (bob's, remembered for this server URL) is not alice's: the same.
+    bobs = run_chat(server.ws_url, client_env, "Bob's secret\n", token=BOB)
+    (bob_conversation,) = new_conversations(bobs.stderr)
+    alices = run_chat(server.ws_url, client_env, "Alice here\n")
+    assert alices.returncode == 0, alices.stderr
+    assert f"conversation {bob_conversation} is not on this server (or not yours)" in alices.stderr
+    assert "Bob's secret" not in alices.stdout
+    assert plain_messages(fake.requests()[-1]["body"]["messages"]) == [{"role": "user", "content": "Alice here"}]
+
+
+def test_commands_are_never_sent_to_the_model(server, fake, client_env):
+    lines = ["/help", "/bogus thing", "/cost", "/open conv_nope0123", "//slash", "/quit", "not sent"]
+    result = run_chat(server.ws_url, client_env, "".join(f"{line}\n" for line in lines))
+    assert result.returncode == 0, result.stderr
+    for command in ("/new", "/list", "/open ID", "/cost", "/help", "/quit"):
+        assert command in result.stderr
+    assert "unknown command /bogus; /help lists them" in result.stderr
+    assert "conversation conv_nope0123 is not on this server (or not yours); staying in" in result.stderr
+    bodies = json.dumps([request["body"] for request in fake.requests()])
+    assert "bogus" not in bodies and "/help" not in bodies and "not sent" not in bodies
+    assert [plain_messages(request["body"]["messages"]) for request in fake.requests()] == [[{"role": "user", "content": "/slash"}]]
+
+
+def test_new_list_and_cost(server, fake, client_env):
+    result = run_chat(server.ws_url, client_env, "First question for the list\n/cost\n/new\n"
+                                          "A second, rather different topic to talk about at length\n/list\n")
+    assert result.returncode == 0, result.stderr
+    first, second = new_conversations(result.stderr)  # /new: a new id once the next reply started
+    assert first != second
+
+    totals = get(server, f"/conversations/{first}")["totals"]
+    cost = format(Decimal(repr(totals["cost_usd"])), "f")
+    assert (f"{first}: 1 request, {totals['input_tokens']} in / {totals['output_tokens']} out tokens, ${cost}"
+            in result.stderr)
+
+    rows = [line for line in result.stderr.splitlines() if re.match(r"[* ] conv_", line)]  # /list, newest first
+    assert 2 <= len(rows) <= 10
+    assert rows[0].startswith(f"* {second}") and "A second, rather different topic to talk about" in rows[0]
+    assert rows[0].endswith("…")  # the first ~50 characters
+    assert rows[1].startswith(f"  {first}") and rows[1].endswith("First question for the list")
+    assert re.search(r" \d{4}-\d\d-\d\d \d\d:\d\d +\$\d+\.\d+ ", rows[1])
+
+
+def test_ctrl_c_at_the_idle_prompt_quits(server, client_env):
+    with in_terminal(chat_command(server.ws_url), client_env) as terminal:
+        terminal.expect("you> ")
+        terminal.type("\x03")  # Ctrl-C
+        assert terminal.read_to_end() == 0, terminal.output
+    assert "Traceback" not in terminal.output
+
+
+def test_ctrl_c_cancels_the_reply_and_open_replays_the_conversation(server, fake, client_env):
+    fake.script({"n_tokens": 200, "token_delay": 0.05})
+    with in_terminal(chat_command(server.ws_url), client_env) as terminal:
+        terminal.expect("you> ")
         terminal.type("Talk slowly\n")
-        terminal.expect(slow[1])  # mid-reply
+        conversation = terminal.expect_match(NEW_CONVERSATION)[1]
+        terminal.expect("tok2 ")  # mid-reply
         terminal.type("\x03")  # Ctrl-C
         terminal.expect("(cancelled)")
         fake.wait_for(outcome="disconnected", timeout=WAIT)  # the upstream call was stopped
 
+        # Typed at once (maybe before the prompt is back: the line then waits in the terminal until read).
         terminal.type("Once more\n")  # still running: the next message gets its reply
-        terminal.expect("Echo: Once more")
+        terminal.expect("claude> Echo: Once more\n")
+        terminal.expect_match(USAGE_LINE, re.MULTILINE)
+
+        fake.script({"tokens": ["Half ", "an ", "answer"], "error_after_tokens": 2, "error_type": "api_error"})
+        terminal.type("Break it\n")
+        terminal.expect("error (")  # an error frame: said, and back to the prompt
+        terminal.expect("you> ")
+
+        terminal.type("/new\n")
+        terminal.expect("(new conversation: its id comes with the first reply)")
+        terminal.type(f"/open {conversation}\n")
+        terminal.expect(f"(opened {conversation}: 6 turns)")
+        terminal.expect("you> Talk slowly\n")  # the same labels as the live turns, and the marks
+        terminal.expect_match(r"claude> tok0 tok1 tok2 (tok\d+ )*\(cancelled\)\n")
+        terminal.expect("you> Once more\nclaude> Echo: Once more\nyou> Break it\nclaude> Half an (failed)\n")
+
+        terminal.type("Still there?\n")  # in the opened conversation again
+        terminal.expect("claude> Echo: Still there?")
         terminal.type("\x04")  # Ctrl-D on an empty line: end of input
-        terminal.read_to_end()
-        assert proc.wait(timeout=WAIT) == 0, terminal.output
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        os.close(master)
-    assert slow[-1] not in terminal.output
-    assert fake.requests()[-1]["body"]["messages"] == [{"role": "user", "content": "Once more"}]
+        assert terminal.read_to_end() == 0, terminal.output
+    assert "tok199" not in terminal.output
+    assert "Traceback" not in terminal.output
+    requests = fake.requests()
+    assert plain_messages(requests[1]["body"]["messages"]) == [{"role": "user", "content": "Once more"}]
+    assert plain_messages(requests[-1]["body"]["messages"])[-1] == {"role": "user", "content": "Still there?"}
+    assert {"role": "assistant", "content": "Echo: Once more"} in plain_messages(requests[-1]["body"]["messages"])
+
+
+def test_a_dropped_connection_is_one_line_and_status_1(start_server, e2e_database_url, fake, client_env):
+    doomed = start_server(server_env(e2e_database_url, fake))
+    fake.script({"n_tokens": 200, "token_delay": 0.05})
+    with in_terminal(chat_command(doomed.ws_url), client_env) as terminal:
+        terminal.expect("you> ")
+        terminal.type("Talk slowly\n")
+        terminal.expect("tok2 ")
+        doomed.kill()  # mid-reply, with no close frame
+        terminal.expect("\nconnection to the server lost (the connection dropped); run agent-server chat again")
+        assert terminal.read_to_end() == 1, terminal.output
+    assert "Traceback" not in terminal.output
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    (6.8e-05, "$0.000068"), (0.000123456789, "$0.000123457"), (1.5, "$1.50"), (0, "$0.00"), (12, "$12.00"),
+    (None, "cost unknown"),
+])
+def test_costs_print_as_plain_decimals(value, shown):
+    assert format_usd(value) == shown

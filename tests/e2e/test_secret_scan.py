@@ -69,9 +69,11 @@ class Secrets:
     upstream: str
     alice: str
     bob: str
+    metrics: str
 
     def items(self) -> dict[str, str]:
-        return {"ANTHROPIC_API_KEY": self.upstream, "alice's key": self.alice, "bob's key": self.bob}
+        return {"ANTHROPIC_API_KEY": self.upstream, "alice's key": self.alice, "bob's key": self.bob,
+                "AGENT_METRICS_TOKEN": self.metrics}
 
 
 def ws_session(url: str, transcript: Transcript, *, headers: dict | None = None, send: list[dict] | None = None):
@@ -112,6 +114,7 @@ def test_no_secret_appears_in_logs_responses_or_the_database(start_server, tmp_p
         # '/', '+', '=' and ':' change under URL and base64 encoding, so every form is distinct.
         alice="scan/alice+" + secrets.token_hex(12) + "==",
         bob="scan:bob+" + secrets.token_hex(12) + "/x",
+        metrics="scan=metrics/" + secrets.token_hex(12) + "+",
     )
     database = tmp_path / "scan" / "agent.db"
     transcript = Transcript()
@@ -120,6 +123,7 @@ def test_no_secret_appears_in_logs_responses_or_the_database(start_server, tmp_p
             f"sqlite+aiosqlite:///{database}", fake,
             ANTHROPIC_API_KEY=keys.upstream,
             AGENT_API_KEYS=f"scanalice:{keys.alice},scanbob:{keys.bob}",
+            AGENT_METRICS_TOKEN=keys.metrics, AGENT_ADMIN_KEYS="scanalice",
             AGENT_UPSTREAM_MAX_RETRIES="0",
             AGENT_LOG_LEVEL=log_level,
         )
@@ -166,6 +170,9 @@ def test_no_secret_appears_in_logs_responses_or_the_database(start_server, tmp_p
             # The audit and operations routes.
             for path in ("/conversations", f"/conversations/{conversation_id}", "/metrics"):
                 assert transcript.http(http.get(path, headers=alice)).status_code == 200
+            metrics = {"Authorization": f"Bearer {keys.metrics}"}
+            assert transcript.http(http.get("/metrics", headers=metrics)).status_code == 200
+            assert transcript.http(http.get("/metrics", headers=bob)).status_code == 403
             for path in ("/healthz", "/readyz", "/openapi.json"):
                 assert transcript.http(http.get(path)).status_code == 200
 

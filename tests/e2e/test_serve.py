@@ -23,8 +23,8 @@ from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import auth
-from tests.e2e.conftest import free_port, server_env
+from tests.conftest import auth, plain_messages
+from tests.e2e.conftest import free_port, metrics_auth, server_env
 from tests.e2e.sse_client import COMMENT, SSEEvent, iter_events
 
 pytestmark = pytest.mark.e2e
@@ -73,7 +73,9 @@ def conversation(client: httpx.Client, conversation_id: str) -> dict:
 
 
 def named(events: list[SSEEvent]) -> list[SSEEvent]:
-    return [event for event in events if event.event != COMMENT]
+    """Part 1's events (no comments, no Part 2 ``step``/tool events)."""
+    return [event for event in events if event.event != COMMENT
+            and event.event not in ("step", "thinking", "tool_use", "tool_result", "requires_action")]
 
 
 def token_text(events: list[SSEEvent]) -> str:
@@ -82,7 +84,7 @@ def token_text(events: list[SSEEvent]) -> str:
 
 def upstream_history(fake) -> list[tuple[str, str]]:
     """(role, text) of the messages the fake received in its last request."""
-    return [(m["role"], m["content"]) for m in fake.requests()[-1]["body"]["messages"]]
+    return [(m["role"], m["content"]) for m in plain_messages(fake.requests()[-1]["body"]["messages"])]
 
 
 # -- kill -9 -------------------------------------------------------------------------------------------------
@@ -357,7 +359,7 @@ def test_a_scrape_adds_up_every_workers_metrics_also_after_one_dies(start_server
     assert set(counted) == workers and sum(counted.values()) == sent  # each worker served some of them
 
     def scrape() -> str:  # a fresh connection: either worker may answer
-        response = httpx.get(f"{server.base_url}/metrics", headers=auth(), timeout=30)
+        response = httpx.get(f"{server.base_url}/metrics", headers=metrics_auth(), timeout=30)
         assert response.status_code == 200, response.text
         return response.text
 
@@ -391,7 +393,8 @@ def test_serve_keeps_its_workers_metrics_in_a_folder_of_its_own_and_removes_it(s
     assert folder.is_dir()
     with client_for(server) as client:
         say(client, "Hello")
-        assert sample(client.get("/metrics").text, "agent_upstream_calls_total", route="agent", status="ok") == 1
+        scrape = client.get("/metrics", headers=metrics_auth()).text
+        assert sample(scrape, "agent_upstream_calls_total", route="agent", status="ok") == 1
 
     server.stop()
 
@@ -405,7 +408,7 @@ def test_one_worker_given_a_metrics_folder_starts_it_afresh(start_server, e2e_da
 
     with client_for(server) as client:
         say(client, "Hello")
-        text = client.get("/metrics").text
+        text = client.get("/metrics", headers=metrics_auth()).text
 
     assert sample(text, "agent_upstream_calls_total", route="agent", status="ok") == 1
     assert sample(text, "agent_replies_in_flight") == 0

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from tests.conftest import BOB, auth
+from tests.conftest import BOB, auth, plain_messages
 from tests.e2e.conftest import ServerProcess, server_env
 from tests.e2e.sse_client import COMMENT, SSEEvent, SSEParser, iter_events
 
@@ -53,8 +53,13 @@ def post_stream(client: httpx.Client, body: dict, headers: dict | None = None) -
     return response, events
 
 
+# Events of API.md Part 2 that a Part 1 client ignores (this file checks Part 1's stream; test_agent_loop.py the rest).
+PART_2 = {"step", "thinking", "tool_use", "tool_result", "requires_action"}
+
+
 def named(events: list[SSEEvent]) -> list[SSEEvent]:
-    return [event for event in events if event.event != COMMENT]
+    """The events a Part 1 client reads: no comments, no Part 2 events."""
+    return [event for event in events if event.event != COMMENT and event.event not in PART_2]
 
 
 def texts(events: list[SSEEvent]) -> list[str]:
@@ -120,7 +125,8 @@ def test_stream_is_start_tokens_done_with_sse_headers(server, fake):
         response, events = post_stream(client, {"message": "Hi", "model": MODEL}, headers)
         assert response.status_code == 200
         assert response.headers["content-type"].split(";")[0].strip() == "text/event-stream"
-        assert response.headers["cache-control"] == "no-cache"
+        # no-cache (API.md Part 1) and no-store: the stream carries conversation content.
+        assert {d.strip() for d in response.headers["cache-control"].split(",")} == {"no-cache", "no-store"}
         assert response.headers["x-accel-buffering"] == "no"
         assert "content-encoding" not in response.headers
 
@@ -137,7 +143,7 @@ def test_stream_is_start_tokens_done_with_sse_headers(server, fake):
         plain = client.post("/agent", json={"message": "Again", "conversation_id": start["conversation_id"]},
                             headers=auth())
         assert plain.status_code == 200, plain.text
-        assert set(done) == set(plain.json()) - {"content"}
+        assert set(done) == set(plain.json()) - {"content", "tool_calls"}
         assert {"conversation_id", "turn_id", "model", "stop_reason", "input_tokens", "output_tokens", "usage",
                 "estimated_cost_usd"} <= set(done)
         assert done["conversation_id"] == start["conversation_id"]
@@ -146,7 +152,7 @@ def test_stream_is_start_tokens_done_with_sse_headers(server, fake):
         # The streamed usage is the final message's: message_delta repeats input tokens, it does not add them.
         assert (done["input_tokens"], done["output_tokens"]) == (21, 4)
         assert done["usage"] == {"input_tokens": 21, "output_tokens": 4, "cache_creation_input_tokens": 0,
-                                 "cache_read_input_tokens": 5}
+                                 "cache_read_input_tokens": 5, "server_tool_uses": 0}
         assert isinstance(done["estimated_cost_usd"], float) and done["estimated_cost_usd"] > 0
 
         audit = conversation(client, start["conversation_id"])
@@ -192,7 +198,7 @@ def test_tricky_text_arrives_and_is_stored_byte_exact(server, fake):
             ("user", message, "complete"),
             ("assistant", "".join(TRICKY_TOKENS), "complete"),
         ]
-    assert fake.requests()[-1]["body"]["messages"][-1]["content"] == message
+    assert plain_messages(fake.requests()[-1]["body"]["messages"])[-1]["content"] == message
 
 
 def test_tokens_are_sent_as_they_come_not_buffered(server, fake):
@@ -323,7 +329,8 @@ def test_start_goes_out_while_the_model_is_still_thinking(server, fake):
     """``start`` is sent once the upstream has accepted the call, not held back until the first token."""
     fake.script({"tokens": ["eventually"], "ttft": 60})
     with client_for(server) as client:
-        with client.stream("POST", "/agent/stream", json={"message": "Think hard"}, headers=auth()) as response:
+        body = {"message": "Think hard", "on_disconnect": "cancel"}
+        with client.stream("POST", "/agent/stream", json=body, headers=auth()) as response:
             assert response.status_code == 200
             events = iter_events(response)  # kept: a dropped generator would close the response
             first = next(event for event in events if event.event != COMMENT)
@@ -332,7 +339,7 @@ def test_start_goes_out_while_the_model_is_still_thinking(server, fake):
             open_streams = [record for record in streams if record["outcome"] == "open"]
             assert len(open_streams) == 1, streams
             assert open_streams[0]["tokens_sent"] == 0
-    # Leaving stops the upstream call (the fake sees the disconnect).
+    # Leaving, with on_disconnect "cancel", stops the upstream call (the fake sees the disconnect).
     fake.wait_for("disconnected")
 
 # -- the client goes away ------------------------------------------------------------------------------------
@@ -345,7 +352,8 @@ def test_client_disconnect_stops_upstream_and_keeps_an_incomplete_turn(server, f
         conversation_id = first.json()["conversation_id"]
         fake.script({"n_tokens": 30, "token_delay": 0.2})
         received: list[str] = []
-        body = {"message": "Tell me a long story", "conversation_id": conversation_id}
+        # on_disconnect "cancel": Part 1's behaviour (the default, "continue", lets the reply finish: test_resume.py).
+        body = {"message": "Tell me a long story", "conversation_id": conversation_id, "on_disconnect": "cancel"}
         with client.stream("POST", "/agent/stream", json=body, headers=auth()) as response:
             for event in iter_events(response):
                 if event.event == "token":
@@ -367,7 +375,7 @@ def test_client_disconnect_stops_upstream_and_keeps_an_incomplete_turn(server, f
         after = client.post("/agent", json={"message": "Never mind", "conversation_id": conversation_id},
                             headers=auth())
         assert after.status_code == 200, after.text
-    assert fake.requests()[-1]["body"]["messages"] == [
+    assert plain_messages(fake.requests()[-1]["body"]["messages"]) == [
         {"role": "user", "content": "First"},
         {"role": "assistant", "content": first.json()["content"]},
         {"role": "user", "content": "Never mind"},

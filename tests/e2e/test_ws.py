@@ -21,7 +21,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from tests.conftest import ALICE, BOB, auth
+from tests.conftest import ALICE, BOB, auth, plain_messages
 from tests.e2e.conftest import ServerProcess, server_env
 
 pytestmark = pytest.mark.e2e
@@ -31,7 +31,8 @@ PING_SECONDS = 0.3
 APP_ORIGIN = "https://app.example"
 UPSTREAM_RETRIES = 2
 DONE_FIELDS = {"conversation_id", "turn_id", "model", "stop_reason", "input_tokens", "output_tokens", "usage",
-               "estimated_cost_usd"}
+               "estimated_cost_usd",
+               "reply_id", "status", "steps", "context", "seq"}  # API.md Part 2: additive
 END_FRAMES = {"done", "error", "cancelled"}
 WAIT = 10  # seconds: an upper bound on any single wait, never a synchronisation delay
 
@@ -83,12 +84,18 @@ def session(server: ServerProcess, **kwargs) -> Iterator[tuple[ClientConnection,
         yield ws, first
 
 
+# Frames of API.md Part 2 that a Part 1 client ignores (this file checks Part 1's session; test_agent_loop.py the rest).
+PART_2 = {"step", "thinking", "tool_use", "tool_result", "requires_action"}
+
+
 def recv(ws: ClientConnection, *, pings: bool = False) -> dict:
-    """The next frame; keep-alive pings are skipped unless asked for (within one overall deadline, so that
-    pings cannot keep a test waiting for ever)."""
+    """The next frame a Part 1 client reads; keep-alive pings are skipped unless asked for (within one overall
+    deadline, so that pings cannot keep a test waiting for ever)."""
     deadline = time.monotonic() + WAIT
     while True:
         frame = json.loads(ws.recv(timeout=max(deadline - time.monotonic(), 0.001)))
+        if frame.get("type") in PART_2:
+            continue
         if pings or frame.get("type") != "ping":
             return frame
 
@@ -132,7 +139,7 @@ def close_code(ws: ClientConnection) -> int | None:
 
 def upstream_messages(fake) -> list[dict]:
     """The messages of the last request the fake upstream received."""
-    return fake.requests()[-1]["body"]["messages"]
+    return plain_messages(fake.requests()[-1]["body"]["messages"])
 
 
 def slow_tokens(n: int) -> list[str]:
@@ -144,7 +151,9 @@ def slow_tokens(n: int) -> list[str]:
 
 def test_new_session_streams_replies_and_keeps_the_conversation(server, fake):
     with session(server) as (ws, first):
-        assert first == {"type": "session", "conversation_id": None, "turns": []}
+        # Part 2 adds turns_before (paging), reply (a reply running on resume) and pending (actions awaited).
+        assert first == {"type": "session", "conversation_id": None, "turns": [], "turns_before": None,
+                         "reply": None, "pending": None}
 
         frames = chat(ws, "Hello there")
         start, *tokens, done = frames
@@ -330,7 +339,7 @@ def test_cancel_mid_reply(server, fake):
         rest = until_end(ws)
         cancelled = rest[-1]
         assert cancelled["type"] == "cancelled"
-        assert set(cancelled) == {"type", "conversation_id", "turn_id"}
+        assert {"type", "conversation_id", "turn_id"} <= set(cancelled)  # Part 2 adds reply_id and seq
         assert cancelled["conversation_id"] == start["conversation_id"]
         fake.wait_for(outcome="disconnected", timeout=WAIT)  # the upstream call was stopped
 
@@ -350,7 +359,8 @@ def test_client_disconnect_mid_reply_keeps_the_partial_turn(server, fake):
     tokens = slow_tokens(20)
     fake.script({"tokens": tokens, "token_delay": 0.1})
     with session(server) as (ws, _):
-        send(ws, {"message": "Going away"})
+        # on_disconnect "cancel" keeps Part 1's behaviour (the default lets the reply finish: test_resume.py).
+        send(ws, {"message": "Going away", "on_disconnect": "cancel"})
         start = recv(ws)
         seen = [recv(ws), recv(ws)]
     fake.wait_for(outcome="disconnected", timeout=WAIT)

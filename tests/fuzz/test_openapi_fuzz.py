@@ -188,13 +188,27 @@ def test_websocket_survives_hostile_frames(ws_server, frame):
     exercise_frame(ws_server, frame)
 
 
-def test_websocket_survives_a_burst_of_bad_frames(ws_server):
+def test_a_burst_of_bad_frames_spends_the_sessions_budget_and_closes_it_with_1008(ws_server):
+    """Malformed frames cost the server work: a session gets a budget of them (a burst, then about one a
+    second), each answered with an error frame, and past it the session is closed with 1008. Others go on."""
     with ws_connect(ws_server.ws_url, additional_headers=auth(), max_size=None, open_timeout=10) as ws:
         assert receive_json(ws)["type"] == "session"
         for n in range(200):
-            ws.send(f"bad frame {n}")
-        for _ in range(200):
-            assert_error_frame(receive_json(ws))
+            try:
+                ws.send(f"bad frame {n}")
+            except ConnectionClosed:
+                break
+        answered = 0
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                assert_error_frame(receive_json(ws))
+                answered += 1
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008, closed.value
+        assert 20 <= answered < 60, answered
+    with ws_connect(ws_server.ws_url, additional_headers=auth(), max_size=None, open_timeout=10) as other:
+        assert receive_json(other)["type"] == "session"
+        other.send("{")
+        assert_error_frame(receive_json(other))
 
 
 def test_the_server_is_healthy_after_the_websocket_fuzz(ws_server):

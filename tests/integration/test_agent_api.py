@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from agent_server.fake_upstream import Behaviour
-from tests.conftest import ALICE, BOB, UPSTREAM_KEY, app_client, auth, make_settings
+from tests.conftest import ALICE, BOB, UPSTREAM_KEY, app_client, auth, make_settings, plain_messages, plain_text
 
 D = Decimal
 # reference/anthropic-sdk-2.md, USD per million tokens: (input, output, 5m write, 1h write, cache read).
@@ -27,8 +27,11 @@ MAX_TOKENS = 1024  # API.md: AGENT_MAX_TOKENS default, the default and the ceili
 RESPONSE_KEYS = {
     "conversation_id", "turn_id", "content", "model", "stop_reason", "input_tokens", "output_tokens", "usage",
     "estimated_cost_usd",
+    # version 2 (API.md Part 2): additive
+    "reply_id", "status", "steps", "context", "tool_calls",
 }
-USAGE_KEYS = {"input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"}
+USAGE_KEYS = {"input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
+              "server_tool_uses"}
 LEAKS = ("Traceback", 'File "', "SELECT ", "INSERT ", "UPDATE ", "sqlalchemy", "aiosqlite", UPSTREAM_KEY, ALICE, BOB)
 
 
@@ -145,13 +148,14 @@ async def test_reply_with_every_field_usage_and_exact_cost(client, fake) -> None
     assert (body["input_tokens"], body["output_tokens"]) == (12, 40)
     assert body["usage"] == {
         "input_tokens": 12, "output_tokens": 40, "cache_creation_input_tokens": 50, "cache_read_input_tokens": 100,
+        "server_tool_uses": 0,
     }
     assert body["estimated_cost_usd"] == cost(DEFAULT_MODEL, inp=12, out=40, write_5m=30, write_1h=20, read=100)
     assert body["estimated_cost_usd"] == D("0.000599")
     assert isinstance(body["conversation_id"], str) and body["conversation_id"]
     assert isinstance(body["turn_id"], str) and body["turn_id"]
     sent = fake.requests()[-1]["body"]
-    assert sent["messages"] == [user("Hi")]
+    assert plain_messages(sent["messages"]) == [user("Hi")]
     assert sent["model"] == DEFAULT_MODEL
     assert sent["max_tokens"] == MAX_TOKENS
     assert "system" not in sent
@@ -164,8 +168,10 @@ async def test_the_upstream_gets_the_message_exactly_as_json(client, fake, route
     assert response.status_code == 200, response.text
     [sent] = fake.requests()
     assert sent["content_type"] == "application/json"
-    assert sent["body"]["messages"] == [user(tricky)] and sent["body"]["system"] == "Sé breve."
-    assert sent["stream"] is (route == "/agent/stream")
+    assert plain_messages(sent["body"]["messages"]) == [user(tricky)]
+    assert plain_text(sent["body"]["system"]) == "Sé breve."
+    # Every route streams from the upstream (a whole reply is the same stream, collected).
+    assert sent["stream"] is True
 
 
 async def test_the_api_md_example_cost(client, fake) -> None:
@@ -230,7 +236,7 @@ async def test_continuation_sends_the_completed_exchanges(client, fake) -> None:
         if conversation_id is None:
             conversation_id = response.json()["conversation_id"]
         assert response.json()["conversation_id"] == conversation_id
-        assert fake.requests()[-1]["body"]["messages"] == [*history, user(f"question {i}")]
+        assert plain_messages(fake.requests()[-1]["body"]["messages"]) == [*history, user(f"question {i}")]
         history += [user(f"question {i}"), assistant(f"answer {i}")]
     assert await conversation_count(client) == 1
     stored = (await audit(client, conversation_id))["turns"]
@@ -251,11 +257,11 @@ async def test_a_failed_exchange_is_not_sent_as_history(client, fake) -> None:
     fake.script(Behaviour(text="A3"))
     third = await client.post("/agent", json={"message": "Q3", "conversation_id": conversation_id})
     assert third.status_code == 200, third.text
-    assert fake.requests()[-1]["body"]["messages"] == [user("Q1"), assistant("A1"), user("Q3")]
+    assert plain_messages(fake.requests()[-1]["body"]["messages"]) == [user("Q1"), assistant("A1"), user("Q3")]
 
     fake.script(Behaviour(text="A4"))
     await client.post("/agent", json={"message": "Q4", "conversation_id": conversation_id})
-    assert fake.requests()[-1]["body"]["messages"] == [
+    assert plain_messages(fake.requests()[-1]["body"]["messages"]) == [
         user("Q1"), assistant("A1"), user("Q3"), assistant("A3"), user("Q4"),
     ]
 
@@ -281,18 +287,18 @@ async def test_system_prompt_is_stored_and_sent(client, fake) -> None:
     response = await client.post("/agent", json={"message": "Hi", "system": "Answer in French."})
     assert response.status_code == 200, response.text
     conversation_id = response.json()["conversation_id"]
-    assert fake.requests()[-1]["body"]["system"] == "Answer in French."
+    assert plain_text(fake.requests()[-1]["body"]["system"]) == "Answer in French."
     assert (await audit(client, conversation_id))["system"] == "Answer in French."
 
     # Continuations send the stored prompt, whether the client repeats it or not.
     again = await client.post("/agent", json={"message": "Again", "conversation_id": conversation_id})
     assert again.status_code == 200
-    assert fake.requests()[-1]["body"]["system"] == "Answer in French."
+    assert plain_text(fake.requests()[-1]["body"]["system"]) == "Answer in French."
     same = await client.post(
         "/agent", json={"message": "Same", "conversation_id": conversation_id, "system": "Answer in French."}
     )
     assert same.status_code == 200
-    assert fake.requests()[-1]["body"]["system"] == "Answer in French."
+    assert plain_text(fake.requests()[-1]["body"]["system"]) == "Answer in French."
 
 
 async def test_a_different_system_prompt_on_a_continuation_is_refused(client, fake) -> None:
@@ -497,7 +503,7 @@ async def test_chunked_body_under_the_limit_is_accepted(small_body_client, fake)
 
     response = await small_body_client.post("/agent", content=chunks(), headers={"content-type": "application/json"})
     assert response.status_code == 200, response.text
-    assert fake.requests()[-1]["body"]["messages"] == [user("chunked hello")]
+    assert plain_messages(fake.requests()[-1]["body"]["messages"]) == [user("chunked hello")]
 
 
 WRONG_SHAPES = [
@@ -652,12 +658,12 @@ async def test_upstream_unreachable(database_url) -> None:
 
 
 async def test_a_bug_is_500_with_the_request_id(client, fake, monkeypatch) -> None:
-    from agent_server.http import agent as agent_routes
+    from agent_server.http import frames
 
     def broken(outcome):
         raise RuntimeError(f"boom: SELECT * FROM conversations -- {UPSTREAM_KEY}")
 
-    monkeypatch.setattr(agent_routes, "agent_response", broken)
+    monkeypatch.setattr(frames, "agent_response", broken)
     records = collect_logs()
     transport = httpx.ASGITransport(app=client.app, raise_app_exceptions=False)
     try:
@@ -705,7 +711,7 @@ async def test_mid_stream_error_keeps_the_text_as_a_failed_turn(client, fake) ->
 
     # The failed exchange is not history.
     await client.post("/agent", json={"message": "Again", "conversation_id": conversation_id})
-    assert fake.requests()[-1]["body"]["messages"] == [user("Again")]
+    assert plain_messages(fake.requests()[-1]["body"]["messages"]) == [user("Again")]
 
 
 async def test_stream_error_before_any_text_stores_no_turn(client, fake) -> None:

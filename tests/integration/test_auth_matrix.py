@@ -44,7 +44,9 @@ class Seeded:
 
 @pytest.fixture
 def started(database_url, fake) -> Iterator[TestClient]:
-    with TestClient(AgentServerApp(make_settings(database_url, fake)), base_url=BASE_URL) as client:
+    # Both keys are operators here (metrics are for operators: tests/integration/test_metrics.py has who may read).
+    settings = make_settings(database_url, fake, AGENT_ADMIN_KEYS="alice,bob")
+    with TestClient(AgentServerApp(settings), base_url=BASE_URL) as client:
         yield client
 
 

@@ -11,21 +11,23 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from agent_server.db import writes
-from agent_server.db.engine import Database
+from agent_server.db import open_database, writes
+from agent_server.db.models import new_id
 from agent_server.fake_upstream import Behaviour
 from tests.conftest import ALICE, BOB, auth
 
-TOP_KEYS = {"id", "owner", "model", "system", "created_at", "updated_at", "turns", "requests", "totals"}
-TURN_KEYS = {"id", "seq", "role", "content", "status", "created_at"}
+# Part 1's keys, then what Part 2 adds (additive: an old client ignores them).
+TOP_KEYS = {"id", "owner", "model", "system", "created_at", "updated_at", "turns", "requests", "totals",
+            "title", "tool_runs", "replies"}
+TURN_KEYS = {"id", "seq", "role", "content", "status", "created_at", "blocks", "reply_id", "step"}
 REQUEST_KEYS = {
     "id", "turn_id", "route", "model", "upstream_request_id", "status", "error_type", "stop_reason", "input_tokens",
     "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "cost_usd", "latency_ms", "ttft_ms",
     "created_at",
 }
 TOTAL_KEYS = {"requests", "input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
-              "cost_usd"}
-SUMMARY_KEYS = {"id", "model", "created_at", "updated_at", "totals"}
+              "cost_usd", "server_tool_uses", "cache_savings_usd"}
+SUMMARY_KEYS = {"id", "model", "created_at", "updated_at", "totals", "title"}
 ISO_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")
 
 
@@ -216,26 +218,26 @@ async def test_list_holds_only_the_callers_newest_first_with_totals(client, fake
 @pytest.fixture
 async def many_conversations(client, database_url) -> list[str]:
     """Seven conversations of alice, five of them created in the same instant, and two of bob's."""
-    db = Database(database_url)
+    db = open_database(database_url)
     same = datetime(2026, 11, 23, 22, 30, 0, 123000)
     ids = []
-    def seed(conn) -> None:
-        for offset in (-2, -1):
-            ids.append(writes.create_conversation(
-                conn, owner="alice", model="claude-sonnet-5-5", system=None, now=same + timedelta(seconds=offset)
-            ))
-        for _ in range(5):
-            ids.append(writes.create_conversation(
-                conn, owner="alice", model="claude-sonnet-5-5", system=None, now=same
-            ))
-        for _ in range(2):
-            writes.create_conversation(conn, owner="bob", model="claude-sonnet-5-5", system=None, now=same)
-
+    ops = []
+    for owner, now in [*(("alice", same + timedelta(seconds=offset)) for offset in (-2, -1)),
+                       *(("alice", same) for _ in range(5)), *(("bob", same) for _ in range(2))]:
+        conversation_id = new_id("conv")
+        ops.append(conversation(conversation_id, owner, now))
+        if owner == "alice":
+            ids.append(conversation_id)
     try:
-        await db.write(seed)
+        await db.write(writes.apply, ops=ops)
     finally:
         await db.dispose()
     return ids
+
+
+def conversation(conversation_id: str, owner: str, now: datetime):  # type: ignore[no-untyped-def]
+    return writes.insert_conversation(id=conversation_id, owner=owner, model="claude-sonnet-5-5", system=None,
+                                      created_at=now, updated_at=now)
 
 
 async def test_same_instant_conversations_have_a_stable_order(client, many_conversations) -> None:
@@ -304,15 +306,10 @@ async def test_limit_bounds_are_accepted(client, fake) -> None:
 
 
 async def test_default_limit_is_fifty(client, database_url) -> None:
-    db = Database(database_url)
-    def seed(conn) -> None:
-        for _ in range(51):
-            writes.create_conversation(
-                conn, owner="alice", model="claude-sonnet-5-5", system=None, now=datetime(2026, 1, 1)
-            )
-
+    db = open_database(database_url)
     try:
-        await db.write(seed)
+        await db.write(writes.apply, ops=[conversation(new_id("conv"), "alice", datetime(2026, 1, 1))
+                                         for _ in range(51)])
     finally:
         await db.dispose()
     page = await list_page(client)

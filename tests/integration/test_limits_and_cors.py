@@ -333,7 +333,7 @@ async def test_a_bug_answers_500_with_the_request_id_in_header_and_message(small
     async def broken(**kwargs):
         raise RuntimeError("a bug, with SELECT * FROM secrets in its text")
 
-    monkeypatch.setattr(small.app.runtime.service, "audit", broken)
+    monkeypatch.setattr(small.app.runtime.conversations, "audit", broken)
     response = await small.get("/conversations/anything")
     assert_error(response, 500, "api_error")
     assert "SELECT" not in response.text and "RuntimeError" not in response.text
@@ -356,7 +356,10 @@ async def test_openapi_is_valid_3_1_and_describes_the_request_model(small):
     spec = response.json()
     assert spec["openapi"].startswith("3.1")
     OpenAPIV31SpecValidator(spec).validate()
-    assert spec["components"]["schemas"]["AgentRequest"] == AgentRequest.model_json_schema()
+    expected = AgentRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    for name, schema in expected.pop("$defs", {}).items():
+        assert spec["components"]["schemas"][name] == schema
+    assert spec["components"]["schemas"]["AgentRequest"] == expected
     for path in ("/agent", "/agent/stream"):
         body = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
         assert body == {"$ref": "#/components/schemas/AgentRequest"}

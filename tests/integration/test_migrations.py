@@ -13,13 +13,15 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import IntegrityError
 
-from agent_server.db.engine import Database
 from agent_server.db.migrations import alembic_config, head_revision, upgrade_to_head
+from agent_server.db.sqlite import SqliteDatabase
 from agent_server.db.models import Base
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TABLES = {"conversations", "turns", "requests"}
+TABLES = {"conversations", "turns", "requests", "replies", "tool_runs", "reply_events", "daily_spend",
+          "notifications", "leases"}
 
 
 def url_for(path: Path) -> str:
@@ -104,36 +106,36 @@ def test_alembic_cli_from_the_repository_root(tmp_path: Path) -> None:
 
 
 async def test_app_connections_use_wal_and_enforce_foreign_keys(database_url: str) -> None:
-    db = Database(database_url)
+    db = SqliteDatabase(database_url)
     try:
         async with db.read() as conn:
             assert (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar() == "wal"
             assert (await conn.exec_driver_sql("PRAGMA foreign_keys")).scalar() == 1
             assert (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar() > 0
+            assert (await conn.exec_driver_sql("PRAGMA secure_delete")).scalar() == 1
 
-        def pragmas(conn) -> tuple:
-            return tuple(conn.execute(f"PRAGMA {name}").fetchone()[0]
-                         for name in ("journal_mode", "foreign_keys", "busy_timeout"))
+        async def pragmas(conn) -> tuple:
+            return tuple([(await conn.exec_driver_sql(f"PRAGMA {name}")).scalar()
+                          for name in ("journal_mode", "foreign_keys", "busy_timeout", "secure_delete")])
 
-        # Writes run on the event loop when the lock is free, so that connection never waits (busy timeout 0);
-        # tests/integration/test_write_path.py shows a held lock sends them to the writer thread instead.
-        journal_mode, foreign_keys, busy_timeout = await db.write(pragmas)
-        assert (journal_mode, foreign_keys, busy_timeout) == ("wal", 1, 0)
+        # Writes run on the event loop, so that connection never waits (busy timeout 0): a held lock is retried
+        # (tests/integration/test_write_path.py).
+        assert await db.write(pragmas) == ("wal", 1, 0, 1)
     finally:
         await db.dispose()
 
 
 async def test_foreign_keys_are_enforced_on_writes(database_url: str) -> None:
-    db = Database(database_url)
+    db = SqliteDatabase(database_url)
     try:
-        def orphan_turn(conn) -> None:
-            conn.execute(
+        async def orphan_turn(conn) -> None:
+            await conn.exec_driver_sql(
                 "INSERT INTO turns (id, conversation_id, seq, role, content, status, created_at, updated_at)"
                 " VALUES ('turn_x', 'conv_missing', 1, 'user', 'hi', 'complete',"
                 " '2026-01-01 00:00:00', '2026-01-01 00:00:00')"
             )
 
-        with pytest.raises(sqlite3.IntegrityError):
+        with pytest.raises(IntegrityError):
             await db.write(orphan_turn)
         async with db.read() as conn:
             assert (await conn.execute(text("SELECT count(*) FROM turns"))).scalar() == 0

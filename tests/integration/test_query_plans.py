@@ -14,12 +14,15 @@ from datetime import timedelta
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
-from agent_server.db import reply_lock
+import pytest
+
+from agent_server.db import lease
 from agent_server.db.models import utcnow
 
 from ..conftest import app_client, auth, make_settings
 
-TABLE_SCAN = re.compile(r"\bSCAN (conversations|turns|requests)\b")
+TABLE_SCAN = re.compile(r"\bSCAN (conversations|turns|requests|replies|tool_runs|reply_events|daily_spend)\b")
+pytestmark = pytest.mark.sqlite_only("planned by SQLite's EXPLAIN QUERY PLAN")
 DATA_STATEMENT = re.compile(r"^\s*(SELECT|INSERT|UPDATE|DELETE|WITH)\b", re.IGNORECASE)
 
 
@@ -27,18 +30,12 @@ def capture_statements(runtime) -> list[tuple[str, object]]:
     """Every data statement the app's connections run from now on: (SQL, parameters)."""
     seen: list[tuple[str, object]] = []
 
-    def on_write(sql: str) -> None:  # the writers' trace callback: SQL with its values inlined
-        if DATA_STATEMENT.match(sql):
-            seen.append((sql, ()))
-
-    for conn in (runtime.db._loop_conn, runtime.db._thread_conn):
-        conn.set_trace_callback(on_write)
-
-    @event.listens_for(runtime.db.reader.sync_engine, "before_cursor_execute")
-    def on_read(_conn, _cursor, statement, parameters, _context, _executemany):  # type: ignore[no-untyped-def]
+    def on_execute(_conn, _cursor, statement, parameters, _context, executemany):  # type: ignore[no-untyped-def]
         if DATA_STATEMENT.match(statement):
-            seen.append((statement, parameters))
+            seen.append((statement, parameters[0] if executemany and parameters else parameters))
 
+    for engine in (runtime.db.reader.sync_engine, runtime.db._loop_engine, runtime.db._thread_engine):
+        event.listen(engine, "before_cursor_execute", on_execute)
     return seen
 
 
@@ -68,11 +65,18 @@ async def test_every_statement_of_every_route_uses_a_key_or_an_index(database_ur
         await client.get(f"/conversations/{conversation_id}")
         page = (await client.get("/conversations", params={"limit": 1})).json()
         await client.get("/conversations", params={"limit": 1, "before": page["next_cursor"]})
-        # The periodic lock renewal (every 10 s while replies run), asked for directly.
-        await runtime.db.write(reply_lock.renew, held=[(conversation_id, "some-token")],
+        await client.get(f"/conversations/{conversation_id}/turns", params={"limit": 2, "before": 3})
+        reply_id = first.json()["reply_id"]
+        await client.get(f"/replies/{reply_id}")
+        async with client.stream("GET", f"/replies/{reply_id}/events", params={"after": 1}) as replay:
+            await replay.aread()
+        # The periodic lease renewal and the sweep for replies of dead processes (every 10 s), asked for directly.
+        await runtime.db.write(lease.renew, held=[(conversation_id, "some-token")],
                                now=utcnow() + timedelta(seconds=1))
+        await runtime.supervisor.sweep()
 
     kinds = {sql.split()[0].upper() for sql, _ in statements}
     assert {"SELECT", "INSERT", "UPDATE"} <= kinds, f"the scenario ran too little to judge: {kinds}"
     assert any("lock_expires_at" in sql and sql.upper().startswith("UPDATE") for sql, _ in statements)
+    assert any("reply_events" in sql for sql, _ in statements)
     assert scans(database_url, statements) == {}

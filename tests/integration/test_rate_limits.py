@@ -245,7 +245,8 @@ async def test_one_key_may_have_only_so_many_replies_in_flight(database_url, fak
     async with started_app(settings) as app:
         async with client_from(app, "127.0.0.1", **auth(ALICE)) as alice, \
                 client_from(app, "127.0.0.1", **auth(BOB)) as bob:
-            slow = asyncio.create_task(ask(alice))
+            # A client that goes away with on_disconnect "cancel" stops its reply (Part 1's behaviour).
+            slow = asyncio.create_task(alice.post("/agent", json={"message": "hello", "on_disconnect": "cancel"}))
             await asyncio.to_thread(fake.wait_for_requests, 1)  # alice's reply is now in flight
 
             for refused in (await ask(alice), await alice.post("/agent/stream", json={"message": "hi"})):

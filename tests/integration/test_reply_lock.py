@@ -1,24 +1,26 @@
-"""The reply lock across processes: a dead holder on this machine frees it at once, a live one keeps it,
-one on another machine keeps it until its expiry passes.
+"""The reply lease across processes: a dead holder on this machine frees it at once, a live one keeps it,
+one on another machine keeps it until its expiry passes. On SQLite and PostgreSQL alike.
 
-Lock rows are written straight into SQLite, as another worker process would leave them.
+Lease columns are written straight into the database, as another worker process or instance would leave them.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, select, update
 from sqlalchemy.engine import make_url
 
-from agent_server.db import reply_lock, writes
-from agent_server.db.engine import Database
-from agent_server.db.reply_lock import this_machine
+from agent_server.db import lease, open_database, writes
+from agent_server.db.lease import this_machine
+from agent_server.db.models import Conversation, new_id
 from tests.conftest import ALICE
+
+COLUMNS = [getattr(Conversation, name) for name in lease.COLUMNS]
 
 
 def now() -> datetime:
@@ -31,28 +33,32 @@ def start_time(pid: int) -> str:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-def database_file(database_url: str) -> Path:
-    return Path(make_url(database_url).database or "")
+def sync_engine(database_url: str):  # type: ignore[no-untyped-def]
+    url = make_url(database_url)
+    return create_engine(url.set(drivername="sqlite+pysqlite" if url.get_backend_name() == "sqlite"
+                                 else "postgresql+psycopg"))
 
 
 def set_lock(database_url: str, conversation_id: str, *, machine: str, pid: int, started: str | None,
              expires: datetime) -> None:
-    with sqlite3.connect(database_file(database_url)) as conn:
-        changed = conn.execute(
-            "UPDATE conversations SET lock_token = ?, lock_machine = ?, lock_pid = ?, lock_pid_started = ?,"
-            " lock_expires_at = ? WHERE id = ?",
-            ("0123456789abcdef", machine, pid, started, expires.strftime("%Y-%m-%d %H:%M:%S.%f"), conversation_id),
-        ).rowcount
+    engine = sync_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            changed = conn.execute(update(Conversation).where(Conversation.id == conversation_id).values(
+                lock_token="0123456789abcdef", lock_machine=machine, lock_pid=pid, lock_pid_started=started,
+                lock_expires_at=expires, lock_reply_id="reply_elsewhere")).rowcount
+    finally:
+        engine.dispose()
     assert changed == 1
 
 
 def lock_columns(database_url: str, conversation_id: str) -> tuple:
-    with sqlite3.connect(database_file(database_url)) as conn:
-        return conn.execute(
-            "SELECT lock_token, lock_machine, lock_pid, lock_pid_started, lock_expires_at FROM conversations"
-            " WHERE id = ?",
-            (conversation_id,),
-        ).fetchone()
+    engine = sync_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return tuple(conn.execute(select(*COLUMNS).where(Conversation.id == conversation_id)).one())
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture
@@ -98,7 +104,7 @@ async def test_lock_of_a_dead_process_on_this_machine_is_free_at_once(client, fa
     response = await client.post("/agent", json={"message": "again", "conversation_id": conversation_id})
     assert response.status_code == 200, response.text
     # Taken over and released again when the reply was stored.
-    assert lock_columns(database_url, conversation_id) == (None, None, None, None, None)
+    assert lock_columns(database_url, conversation_id) == (None,) * len(lease.COLUMNS)
 
 
 async def test_lock_of_a_live_process_is_held(client, fake, database_url, conversation_id, sleeper):
@@ -152,25 +158,24 @@ async def test_a_conflict_does_not_disturb_the_holder(client, fake, database_url
     assert lock_columns(database_url, conversation_id) == before
 
 
-async def test_renewing_pushes_back_only_the_given_locks(database_url):
-    """What ``keep_locks_alive`` runs every few seconds for the replies this process is generating."""
-    db = Database(database_url)
-    holder = reply_lock.this_process()
-    taken = now()
-
-    def two_locked_conversations(conn) -> list[str]:
-        return [writes.create_conversation(conn, owner="alice", model="m", system=None, now=taken,
-                                           **reply_lock.claim_values(token=token, holder=holder, now=taken))
-                for token in ("token-renewed", "token-left-as-is")]
-
+async def test_renewing_pushes_back_only_the_given_leases(database_url):
+    """What the supervisor runs every few seconds for the replies this process is generating."""
+    db = open_database(database_url)
+    holder = lease.this_process()
+    taken = now().replace(microsecond=0)
+    renewed, untouched = new_id("conv"), new_id("conv")
     try:
-        renewed, untouched = await db.write(two_locked_conversations)
+        await db.write(writes.apply, ops=[
+            writes.insert_conversation(id=cid, owner="alice", model="m", system=None, created_at=taken,
+                                       updated_at=taken, **lease.claim_values(token=token, reply_id="r",
+                                                                              holder=holder, now=taken))
+            for cid, token in ((renewed, "token-renewed"), (untouched, "token-left-as-is"))])
         later = taken + timedelta(seconds=20)
-        # A token that no longer holds its conversation (the lock was taken over) is not renewed either.
-        await db.write(reply_lock.renew, held=[(renewed, "token-renewed"), (untouched, "token-renewed"),
-                                               (renewed, "no-such-token")], now=later)
+        # A token that no longer holds its conversation (the lease was taken over) is not renewed either.
+        await db.write(lease.renew, held=[(renewed, "token-renewed"), (untouched, "token-renewed"),
+                                          (renewed, "no-such-token")], now=later)
     finally:
         await db.dispose()
     expiry = {cid: lock_columns(database_url, cid)[4] for cid in (renewed, untouched)}
-    assert expiry[renewed] == writes.stored_time(later + reply_lock.LOCK_TTL)
-    assert expiry[untouched] == writes.stored_time(taken + reply_lock.LOCK_TTL)
+    assert expiry[renewed] == later + lease.LEASE_TTL
+    assert expiry[untouched] == taken + lease.LEASE_TTL

@@ -1,102 +1,129 @@
-"""Where write transactions run: on the event loop while the write lock is free, on the writer thread
-(which may wait) when another connection holds it, always in the order they were submitted."""
+"""The SQLite side's writes: on the event loop, one at a time, in the order they were asked for; a write lock held
+by another connection is waited for (the loop keeps running) and, past the busy timeout, is a storage error; a
+heavy write runs on a thread; and the WAL stays bounded however much is written."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from agent_server.db import engine
-from agent_server.db.engine import Database
+from agent_server.db import StorageError
+from agent_server.db import sqlite as sqlite_side
+from agent_server.db.sqlite import SqliteDatabase
+
+pytestmark = pytest.mark.sqlite_only("the SQLite side's write path")
 
 
 @pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
+async def db(database_url: str) -> AsyncIterator[SqliteDatabase]:
+    path = Path(make_url(database_url).database or "")
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE scratch (n INTEGER, payload TEXT)")
+    database = SqliteDatabase(database_url)
     try:
         yield database
     finally:
         await database.dispose()
 
 
-@pytest.fixture
-def scratch(database_url: str) -> Iterator[Path]:
-    """A table of our own in the migrated file, so these tests do not depend on the schema."""
-    path = Path(make_url(database_url).database or "")
-    with sqlite3.connect(path) as conn:
-        conn.execute("CREATE TABLE scratch (n INTEGER, payload TEXT)")
-    yield path
-
-
-def insert(conn: sqlite3.Connection, *, n: int, payload: str = "") -> int:
-    conn.execute("INSERT INTO scratch (n, payload) VALUES (?, ?)", (n, payload))
-    return n
-
-
-def stored(path: Path) -> list[int]:
-    with sqlite3.connect(path) as conn:
+def stored(db: SqliteDatabase) -> list[int]:
+    with sqlite3.connect(db.path) as conn:
         return [n for (n,) in conn.execute("SELECT n FROM scratch ORDER BY rowid")]
 
 
-async def test_a_free_lock_means_the_write_is_done_before_submit_returns(db: Database, scratch: Path) -> None:
-    future = db.submit_write(insert, n=1)
-    assert future.done() and future.result() == 1
-    assert stored(scratch) == [1] and db.handed_off == 0
+async def insert(conn, *, n: int, payload: str = "") -> int:  # type: ignore[no-untyped-def]
+    await conn.execute(text("INSERT INTO scratch (n, payload) VALUES (:n, :p)"), {"n": n, "p": payload})
+    return n
 
 
-async def test_a_held_lock_sends_writes_to_the_thread_in_order_and_the_loop_keeps_running(
-    db: Database, scratch: Path
-) -> None:
-    holder = sqlite3.connect(scratch, isolation_level=None)
+async def test_a_write_with_the_lock_free_runs_without_yielding_to_other_tasks(db) -> None:
+    ran_between: list[str] = []
+
+    async def other() -> None:
+        ran_between.append("other")
+
+    task = asyncio.ensure_future(other())
+    assert await db.write(insert, n=1) == 1
+    # The other task had its chance only once the write was done (it never suspended mid-transaction).
+    assert stored(db) == [1] and db.waited_for_lock == 0
+    await task
+    assert ran_between == ["other"]
+
+
+async def test_a_held_lock_is_waited_for_in_order_while_the_loop_runs(db) -> None:
+    holder = sqlite3.connect(db.path, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")  # another process's writer, say
     holder.execute("INSERT INTO scratch (n) VALUES (0)")
-    first = db.submit_write(insert, n=1)
-    second = db.submit_write(insert, n=2)  # queued behind the first, although it would not have to wait
-    assert not first.done() and not second.done()
-    assert db.handed_off == 1
-
-    # The loop is free while they wait: this coroutine runs, and the writes are still pending.
-    async def loop_turns() -> int:
-        for _ in range(3):
-            await asyncio.sleep(0)
-        return 3
-
-    assert await loop_turns() == 3 and not first.done()
+    first = asyncio.ensure_future(db.write(insert, n=1))
+    second = asyncio.ensure_future(db.write(insert, n=2))
+    ticks = 0
+    while db.waited_for_lock < 3:  # the loop is free: this coroutine runs while the writes wait
+        ticks += 1
+        await asyncio.sleep(0.005)
+    assert not first.done() and not second.done() and ticks > 0
     holder.execute("COMMIT")
     holder.close()
-    assert await asyncio.gather(first, second) == [1, 2]
-    third = db.submit_write(insert, n=3)
-    assert stored(scratch) == [0, 1, 2, 3]
-    assert third.done()  # the thread's queue is empty again: back on the loop
+    assert await first == 1 and await second == 2
+    assert stored(db) == [0, 1, 2]
 
 
-async def test_a_failing_transaction_rolls_back_and_raises_to_the_caller(db: Database, scratch: Path) -> None:
-    def half_then_fail(conn: sqlite3.Connection) -> None:
-        insert(conn, n=1)
-        raise LookupError("no such thing")
+async def test_a_lock_held_past_the_busy_timeout_is_a_storage_error(db, monkeypatch) -> None:
+    monkeypatch.setattr(sqlite_side, "BUSY_TIMEOUT_MS", 200)
+    holder = sqlite3.connect(db.path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StorageError) as caught:
+            await db.write(insert, n=1)
+        assert caught.value.type == "storage_error" and caught.value.status == 503
+        assert "locked" in caught.value.message
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert await db.write(insert, n=2) == 2
 
-    with pytest.raises(LookupError):
-        await db.write(half_then_fail)
-    await db.write(insert, n=2)
-    assert stored(scratch) == [2]
+
+async def test_a_heavy_write_runs_on_a_thread_in_order(db) -> None:
+    import threading
+
+    threads: list[str] = []
+
+    async def heavy(conn) -> None:  # type: ignore[no-untyped-def]
+        threads.append(threading.current_thread().name)
+        for n in range(100, 110):
+            await insert(conn, n=n)
+
+    light = asyncio.ensure_future(db.write(insert, n=1))
+    big = asyncio.ensure_future(db.write(heavy, heavy=True))
+    after = asyncio.ensure_future(db.write(insert, n=2))
+    await asyncio.gather(light, big, after)
+    assert threads and threads[0].startswith("sqlite-writer")
+    assert stored(db) == [1, *range(100, 110), 2]
 
 
-async def test_the_wal_is_checkpointed_off_the_loop(db: Database, scratch: Path, monkeypatch) -> None:
-    """The loop's connection never checkpoints; without the writer thread's checkpoints the WAL would grow
-    by every commit, here ~8 KiB each."""
-    monkeypatch.setattr(engine, "CHECKPOINT_EVERY", 20)
-    wal = scratch.with_name(scratch.name + "-wal")
-    payload = "x" * 8000
-    for round_ in range(10):
-        for i in range(20):
-            await db.write(insert, n=round_ * 20 + i, payload=payload)
-        if db._checkpoint is not None:  # wait for the checkpoint this round started
-            await db._checkpoint
-    assert len(stored(scratch)) == 200
-    # 200 commits of ~8 KiB un-checkpointed would be > 1.6 MB; with checkpoints the WAL is reused.
-    assert wal.stat().st_size < 600_000, wal.stat().st_size
+async def test_a_failed_write_rolls_back_and_the_next_one_works(db) -> None:
+    async def half(conn) -> None:  # type: ignore[no-untyped-def]
+        await insert(conn, n=1)
+        raise ValueError("changed my mind")
+
+    with pytest.raises(ValueError):
+        await db.write(half)
+    assert await db.write(insert, n=2) == 2
+    assert stored(db) == [2]
+
+
+async def test_the_wal_stays_bounded_however_much_is_written(db) -> None:
+    """Checkpoints by size and ``journal_size_limit``: 40 MB written leaves a WAL of a few megabytes."""
+    payload = "x" * 100_000
+    for n in range(400):
+        await db.write(insert, n=n, payload=payload)
+        await asyncio.sleep(0)  # let a checkpoint (on its thread) finish now and then, as a server would
+    wal = Path(f"{db.path}-wal")
+    assert wal.exists()
+    assert os.stat(wal).st_size < 24 * 1024 * 1024, os.stat(wal).st_size

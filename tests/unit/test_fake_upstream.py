@@ -61,6 +61,19 @@ def test_default_reply_is_a_deterministic_echo_split_into_words() -> None:
     assert wire.count_input_tokens(None, []) == 1
 
 
+def test_default_reply_after_tool_results_and_usage_of_any_json() -> None:
+    messages = [{"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "toolu_1", "content": "84"},
+        {"type": "tool_result", "tool_use_id": "toolu_2", "content": [{"type": "text", "text": "no\nsuch  city"}],
+         "is_error": True},
+    ]}]
+    assert "".join(wire.default_reply_tokens(messages)) == "Done. Results: 84; error: no such city"
+    usage = wire.build_usage(input_tokens=3, output_tokens=2, cache_5m=4, overrides={"cache_creation": "odd"})
+    assert (usage["cache_creation"], usage["cache_creation_input_tokens"]) == ("odd", 4)
+    searched = wire.build_usage(input_tokens=1, output_tokens=1, web_search_requests=2)
+    assert searched["server_tool_use"] == {"web_search_requests": 2, "web_fetch_requests": 0}
+
+
 # Normal replies
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_server.pricing import PriceTable, Usage, from_nano, to_nano
+from agent_server.money.prices import PriceTable, Usage, from_nano, to_nano
 
 D = Decimal
 MILLION = D(1_000_000)
@@ -52,9 +52,9 @@ def table() -> PriceTable:
 @pytest.fixture
 def pricing_log(caplog: pytest.LogCaptureFixture):
     """The pricing logger's records, whatever an earlier app start did to propagation."""
-    logger = logging.getLogger("agent_server.pricing")
+    logger = logging.getLogger("agent_server.money.prices")
     logger.addHandler(caplog.handler)
-    caplog.set_level(logging.WARNING, logger="agent_server.pricing")
+    caplog.set_level(logging.WARNING, logger="agent_server.money.prices")
     yield caplog
     logger.removeHandler(caplog.handler)
 

@@ -32,6 +32,9 @@ class ModelPrice:
     cache_read: Decimal
     source: str
     as_of: str
+    # Tokens of input the model accepts; history beyond it (less max_tokens) is left out (engine/context.py).
+    context_window: int = 200_000
+    context_source: str = "Anthropic models overview: 200K context window"
 
 
 @dataclass(frozen=True)
@@ -48,10 +51,42 @@ class Usage:
     cache_read_input_tokens: int = 0
     cache_write_5m_tokens: int | None = None
     cache_write_1h_tokens: int | None = None
+    web_search_requests: int = 0
+    web_fetch_requests: int = 0
+
+    @property
+    def server_tool_uses(self) -> int:
+        return self.web_search_requests + self.web_fetch_requests
+
+    def __add__(self, other: Usage) -> Usage:
+        def both(a: int | None, b: int | None) -> int | None:
+            return None if a is None and b is None else (a or 0) + (b or 0)
+
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cache_creation_input_tokens + other.cache_creation_input_tokens,
+            self.cache_read_input_tokens + other.cache_read_input_tokens,
+            both(self.cache_write_5m_tokens, other.cache_write_5m_tokens),
+            both(self.cache_write_1h_tokens, other.cache_write_1h_tokens),
+            self.web_search_requests + other.web_search_requests,
+            self.web_fetch_requests + other.web_fetch_requests,
+        )
 
 
-def _price(inp: str, out: str, w5: str, w1: str, read: str, source: str, as_of: str) -> ModelPrice:
-    return ModelPrice(Decimal(inp), Decimal(out), Decimal(w5), Decimal(w1), Decimal(read), source, as_of)
+def _price(inp: str, out: str, w5: str, w1: str, read: str, source: str, as_of: str,
+           context: tuple[int, str] | None = None) -> ModelPrice:
+    extra = {} if context is None else {"context_window": context[0], "context_source": context[1]}
+    return ModelPrice(Decimal(inp), Decimal(out), Decimal(w5), Decimal(w1), Decimal(read), source, as_of, **extra)
+
+
+# Server tools billed per use on top of tokens (USD per 1,000 uses). Errored uses are not billed upstream and are
+# not counted in ``usage.server_tool_use``. Web fetch and code execution next to them bill tokens only.
+SERVER_TOOL_FEES = {
+    "web_search_requests": (Decimal("10"), "Anthropic pricing page: web search $10 per 1,000 searches", "2026-10"),
+}
+_ASSUMED_CONTEXT = (200_000, "not published with the price; assumed 200K like the 4.x family (override it in "
+                             "AGENT_PRICES_FILE)")
 
 
 def _builtin_table() -> dict[str, ModelPrice]:
@@ -61,11 +96,12 @@ def _builtin_table() -> dict[str, ModelPrice]:
         "claude-sonnet-4-5": sonnet4,
         "claude-sonnet-4-6": sonnet4,
         "claude-haiku-4-5": _price("1", "5", "1.25", "2", "0.10", _PRICING_PAGE, "2026-10"),
-        "claude-opus-5-5": _price("4", "20", "5", "8", "0.20", _PRICING_PAGE, "2026-10"),
-        "claude-sonnet-5": _price("2", "10", "2.50", "4", "0.20", _PRICING_PAGE, "2026-10"),
+        "claude-opus-5-5": _price("4", "20", "5", "8", "0.20", _PRICING_PAGE, "2026-10", _ASSUMED_CONTEXT),
+        "claude-sonnet-5": _price("2", "10", "2.50", "4", "0.20", _PRICING_PAGE, "2026-10", _ASSUMED_CONTEXT),
         # A cache-read price of 0.10 from 2026-10-07 is reported but unconfirmed: keep the published 0.20.
-        "claude-sonnet-5-5": _price("2", "10", "2.50", "4", "0.20", _PRICING_PAGE, "2026-10"),
-        "claude-haiku-5-5": _price("0.10", "0.50", "0.125", "0.20", "0.01", _PRICING_PAGE, "2026-10"),
+        "claude-sonnet-5-5": _price("2", "10", "2.50", "4", "0.20", _PRICING_PAGE, "2026-10", _ASSUMED_CONTEXT),
+        "claude-haiku-5-5": _price("0.10", "0.50", "0.125", "0.20", "0.01", _PRICING_PAGE, "2026-10",
+                                   _ASSUMED_CONTEXT),
     }
     for name in ("claude-opus-4-5", "claude-opus-4-6", "claude-opus-4-7", "claude-opus-4-8", "claude-opus-5"):
         table[name] = opus4
@@ -105,7 +141,29 @@ class PriceTable:
         return cost_of(price, usage)
 
 
+def server_tool_fees(usage: Usage) -> Decimal:
+    """USD billed for server-tool uses (web search), on top of tokens."""
+    per_thousand = SERVER_TOOL_FEES["web_search_requests"][0]
+    return usage.web_search_requests * per_thousand / 1000
+
+
+def cache_savings(price: ModelPrice, usage: Usage) -> Decimal:
+    """What cache reads saved against uncached input, less what cache writes cost above uncached input."""
+    write_1h = usage.cache_write_1h_tokens or 0
+    write_5m = (usage.cache_write_5m_tokens if usage.cache_write_5m_tokens is not None
+                else max(usage.cache_creation_input_tokens - write_1h, 0))
+    micro = (usage.cache_read_input_tokens * (price.input - price.cache_read)
+             - write_5m * (price.cache_write_5m - price.input)
+             - write_1h * (price.cache_write_1h - price.input))
+    return micro / PER_MILLION
+
+
 def cost_of(price: ModelPrice, usage: Usage) -> Decimal:
+    """Tokens at the model's prices plus server-tool fees."""
+    return token_cost(price, usage) + server_tool_fees(usage)
+
+
+def token_cost(price: ModelPrice, usage: Usage) -> Decimal:
     write_1h = usage.cache_write_1h_tokens or 0
     write_5m = (
         usage.cache_write_5m_tokens
@@ -160,8 +218,12 @@ def _read_price_file(path: Path) -> dict[str, ModelPrice]:
         for field in _FIELDS[2:]:
             if field in entry:
                 values[field] = _price_value(path, model, field, entry[field])
+        context = entry.get("context_window", 200_000)
+        if isinstance(context, bool) or not isinstance(context, int) or context < 1024:
+            raise ValueError(f"{path}: model {model!r} has a context_window that is not a whole number >= 1024")
         table[model] = ModelPrice(
-            **values, source=str(entry.get("source", str(path))), as_of=str(entry.get("as_of", "unknown"))
+            **values, source=str(entry.get("source", str(path))), as_of=str(entry.get("as_of", "unknown")),
+            context_window=context, context_source=str(entry.get("context_source", str(path))),
         )
     return table
 

@@ -1,0 +1,1 @@
+"""Money: prices per model and the cost of a call (pure functions), usage reports and budgets."""
