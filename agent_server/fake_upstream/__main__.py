@@ -28,8 +28,9 @@ def _loopback(host: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m agent_server.fake_upstream", description=__doc__)
-    parser.add_argument("--host", type=_loopback, default="127.0.0.1")
+    parser = argparse.ArgumentParser(prog="python -m agent_server.fake_upstream", description=__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--host", type=_loopback, default="127.0.0.1", help="a loopback address")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--ttft", type=float, default=0.0, help="seconds before the first token")
     parser.add_argument("--token-delay", type=float, default=0.0, help="seconds between tokens")
@@ -38,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--ttft-from", choices=TTFT_CLOCKS, default="accepted",
                         help="when the time to first token starts: when the reply is accepted (like a real model), "
                              "or once the response head is sent (this fake's old behaviour)")
-    parser.add_argument("--log-level", default="warning")
+    parser.add_argument("--log-level", default="warning", help="uvicorn's log level")
     return parser
 
 

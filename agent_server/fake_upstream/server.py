@@ -155,6 +155,10 @@ class FakeUpstream:
     def requests(self) -> list[dict[str, Any]]:
         return self._call("GET", "/_fake/requests")[1]["requests"]
 
+    def bodies(self) -> list[dict[str, Any]]:
+        """The JSON bodies of the Messages requests the fake received, oldest first."""
+        return [request["body"] for request in self.requests() if request["path"] == "/v1/messages"]
+
     def streams(self) -> list[dict[str, Any]]:
         return self._call("GET", "/_fake/streams")[1]["streams"]
 
