@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from .config import Settings, describe_settings_error, get_settings, is_loopback, served_host
 from starlette.middleware.cors import CORSMiddleware
 
-from .http import agent, conversations, health, openapi, replies, usage, ws
+from .http import agent, conversations, health, openapi, replies, usage, web, ws
 from .http.middleware import RequestContext, SecurityHeaders, TrailingSlash
 from .logs import configure_logging
 from .runtime import Runtime, StartupError
@@ -71,6 +71,9 @@ ROUTES = [
     Route("/readyz", health.readyz, methods=["GET"]),
     Route("/metrics", health.metrics, methods=["GET"]),
     Route("/openapi.json", openapi.openapi, methods=["GET"]),
+    Route("/", web.index, methods=["GET"]),
+    Route("/static", web.static, methods=["GET"]),
+    Route("/static/{path:path}", web.static, methods=["GET"]),
 ]
 
 

@@ -56,14 +56,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .config import get_settings
-    from .http_protocol import LimitedHttpToolsProtocol
+    from .http_protocol import LimitedHttpToolsProtocol, LimitedWebSocketsProtocol
     from .logs import configure_logging
     from .server import run
 
     # Workers re-read the settings: tell them which host they are bound to (the loopback rules depend on it),
-    # and how many they are (the workers of one SQLite file talk through it).
+    # and how many processes share the database (the processes of one SQLite file talk through it): the workers,
+    # or more when AGENT_WORKERS says so (several `serve` processes on one SQLite file).
     os.environ["AGENT_BIND_HOST"] = args.host
-    os.environ["AGENT_WORKERS"] = str(args.workers)
+    shared = os.environ.get("AGENT_WORKERS", "").strip()
+    os.environ["AGENT_WORKERS"] = str(max(args.workers, int(shared)) if shared.isdigit() else args.workers)
     get_settings.cache_clear()
     settings = _settings_or_exit()
     configure_logging(settings)
@@ -87,6 +89,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_keep_alive=30,
         server_header=False,
         http=LimitedHttpToolsProtocol,
+        ws=LimitedWebSocketsProtocol,
     )
     return 0 if run(config) else 1
 

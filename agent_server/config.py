@@ -85,6 +85,7 @@ class Settings(BaseSettings):
     max_concurrent_replies: int = Field(default=64, ge=1, alias="AGENT_MAX_CONCURRENT_REPLIES")
     max_ws_sessions_per_key: int = Field(default=100, ge=1, alias="AGENT_MAX_WS_SESSIONS_PER_KEY")
     header_timeout_seconds: float = Field(default=5, gt=0, alias="AGENT_HEADER_TIMEOUT_SECONDS")
+    slow_client_seconds: float = Field(default=30, gt=0, alias="AGENT_SLOW_CLIENT_SECONDS")
     max_connections: int = Field(default=0, ge=0, alias="AGENT_MAX_CONNECTIONS")
     cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(default=(), alias="AGENT_CORS_ORIGINS")
     max_body_bytes: int = Field(default=1_048_576, ge=1024, alias="AGENT_MAX_BODY_BYTES")

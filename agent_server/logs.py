@@ -51,11 +51,20 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str, ensure_ascii=False)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_controls(value: object) -> str:
+    """Control characters as visible escapes: a ``%0A`` in a URL must not start a forged log line."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}",
+                        str(value))
+
+
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
-        extra = " ".join(f"{k}={v}" for k, v in _fields(record).items() if k != "event")
-        text = f"{stamp} {record.levelname:<7} {record.getMessage()}" + (f"  {extra}" if extra else "")
+        extra = " ".join(f"{k}={escape_controls(v)}" for k, v in _fields(record).items() if k != "event")
+        text = f"{stamp} {record.levelname:<7} {escape_controls(record.getMessage())}" + (f"  {extra}" if extra else "")
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         return text

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 
 from . import __version__
@@ -145,7 +144,7 @@ class Runtime:
         limits = Limits(models=prices.models, max_tokens=settings.max_tokens_limit,
                         max_message_chars=settings.max_message_chars,
                         default_max_tokens=min(settings.max_tokens, settings.max_tokens_limit),
-                        tools=frozenset(tools.declared_names()))
+                        tools=tools.live_names())
         runtime = cls(
             settings=settings, db=db, claude=claude, prices=prices, tools=tools, events=events, channel=channel,
             supervisor=supervisor, replies=replies, conversations=ConversationService(db),
@@ -187,11 +186,10 @@ class Runtime:
         })
 
     async def probe_write(self) -> str | None:
-        """A small write (a lease row of this machine's), for readiness; the reason it failed, or None."""
-        now = utcnow()
+        """A write that needs room (a row of 8,000 characters, deleted in the same transaction), for readiness:
+        it fails like a reply's writes would when the disk is full or the file read-only. The reason, or None."""
         try:
-            await self.db.write(writes.take_job_lease, name=f"probe:{this_machine()[:150]}", holder="readyz", now=now,
-                                expires_at=now + timedelta(seconds=60))
+            await self.db.write(_probe, now=utcnow())
         except StorageError as exc:
             return f"writes fail: {exc.message}"
         return None
@@ -208,6 +206,15 @@ class Runtime:
         await self.supervisor.slots.close()
         await self.claude.aclose()
         await self.db.dispose()
+
+
+async def _probe(conn, *, now) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import delete
+
+    from .db.models import Notification
+
+    await writes.apply(conn, ops=[writes.insert_notification(topic="probe", payload="." * 8000, now=now)])
+    await conn.execute(delete(Notification).where(Notification.topic == "probe"))
 
 
 def _without_password(url: str) -> str:

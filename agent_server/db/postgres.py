@@ -19,6 +19,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
+from psycopg.types import string as pg_string
+from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -30,8 +32,27 @@ _RETRY_STATES = {"40001", "40P01"}  # serialization_failure, deadlock_detected
 RETRIES = 4
 
 
+def _nul_free(dumper: type) -> type:
+    """``dumper`` with U+0000 replaced by U+FFFD: PostgreSQL's text cannot hold NUL, SQLite's can. Client input
+    with a NUL is refused before it gets here (422); this keeps text a model or a tool produced (a turn's plain
+    text, an error message) storable. Content blocks are stored as JSON, where NUL is escaped: kept verbatim."""
+
+    class NulFree(dumper):  # type: ignore[valid-type, misc]
+        def dump(self, obj: str):  # type: ignore[no-untyped-def]
+            return super().dump(obj.replace("\x00", "\ufffd") if "\x00" in obj else obj)
+
+    NulFree.__name__ = f"NulFree{dumper.__name__}"
+    return NulFree
+
+
+# In psycopg's order (the last registered is the default for its format).
+_STR_DUMPERS = [_nul_free(d) for d in (
+    pg_string.StrBinaryDumperName, pg_string.StrBinaryDumperVarchar, pg_string.StrBinaryDumper,
+    pg_string.StrDumperName, pg_string.StrDumperVarchar, pg_string.StrDumper, pg_string.StrDumperUnknown)]
+
+
 def create_pg_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
-    return create_async_engine(
+    engine = create_async_engine(
         database_url,
         pool_size=pool_size,
         max_overflow=pool_size,
@@ -39,6 +60,13 @@ def create_pg_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
         pool_recycle=1800,
         connect_args={"prepare_threshold": None, "connect_timeout": 10},
     )
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _adapt(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+        for dumper in _STR_DUMPERS:
+            dbapi_connection.driver_connection.adapters.register_dumper(str, dumper)
+
+    return engine
 
 
 def _sqlstate(exc: DBAPIError) -> str | None:

@@ -3,7 +3,8 @@ transaction and keyword-only arguments, and returns rows or small frozen records
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import defaultdict
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import and_, func, select, tuple_
@@ -98,20 +99,40 @@ async def list_turns(conn, *, conversation_id: str, before_seq: int | None = Non
     return rows
 
 
-async def list_calls(conn, *, conversation_id: str) -> list:
-    return list(await conn.execute(
-        select(UpstreamCall).where(UpstreamCall.conversation_id == conversation_id)
-        .order_by(UpstreamCall.created_at, UpstreamCall.step)))
+@dataclass
+class AuditRows:
+    """The rows of some conversations' audits, by conversation id, each list in the audit's order."""
+
+    turns: dict[str, list] = field(default_factory=lambda: defaultdict(list))
+    calls: dict[str, list] = field(default_factory=lambda: defaultdict(list))
+    tool_runs: dict[str, list] = field(default_factory=lambda: defaultdict(list))
+    replies: dict[str, list] = field(default_factory=lambda: defaultdict(list))
 
 
-async def list_tool_runs(conn, *, conversation_id: str) -> list:
-    return list(await conn.execute(
-        select(ToolRun).where(ToolRun.conversation_id == conversation_id).order_by(ToolRun.created_at, ToolRun.id)))
+async def audit_rows(conn, *, conversation_ids: list[str]) -> AuditRows:  # type: ignore[no-untyped-def]
+    """Every table of these conversations' audits, each read once for all of them."""
+    rows = AuditRows()
+    for target, query in (
+        (rows.turns, select(Turn.id, Turn.seq, Turn.role, Turn.content, Turn.content_blocks, Turn.status,
+                            Turn.reply_id, Turn.step, Turn.created_at, Turn.conversation_id)
+         .where(Turn.conversation_id.in_(conversation_ids)).order_by(Turn.conversation_id, Turn.seq)),
+        (rows.calls, select(UpstreamCall).where(UpstreamCall.conversation_id.in_(conversation_ids))
+         .order_by(UpstreamCall.created_at, UpstreamCall.step)),
+        (rows.tool_runs, select(ToolRun).where(ToolRun.conversation_id.in_(conversation_ids))
+         .order_by(ToolRun.created_at, ToolRun.step, ToolRun.id)),
+        (rows.replies, select(Reply).where(Reply.conversation_id.in_(conversation_ids)).order_by(Reply.created_at)),
+    ):
+        for row in await conn.execute(query):
+            target[row.conversation_id].append(row)
+    return rows
 
 
-async def list_replies(conn, *, conversation_id: str) -> list:
-    return list(await conn.execute(
-        select(Reply).where(Reply.conversation_id == conversation_id).order_by(Reply.created_at)))
+async def content_sizes(conn, *, conversation_ids: list[str]) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """Characters of turn content (text and blocks) per conversation."""
+    return {conversation_id: int(size or 0) for conversation_id, size in await conn.execute(
+        select(Turn.conversation_id, func.sum(func.length(Turn.content) + func.coalesce(
+            func.length(Turn.content_blocks), 0)))
+        .where(Turn.conversation_id.in_(conversation_ids)).group_by(Turn.conversation_id))}
 
 
 async def list_conversations(conn, *, owner: str, limit: int, before: tuple[datetime, str] | None,

@@ -23,6 +23,7 @@ Reads use aiosqlite connections (a thread each) and, in WAL mode, never wait for
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
@@ -222,8 +223,10 @@ class SqliteDatabase(Database):
             result = await transaction(_LoopConnection(conn), **kwargs)
             outer.commit()
         except BaseException:
-            if outer.is_active:
-                outer.rollback()
+            # Also after a COMMIT that failed (a full disk): until rolled back, the connection keeps the dead
+            # transaction, and every later write would fail on it.
+            with contextlib.suppress(Exception):
+                conn.rollback()
             raise
         if self._on_write is not None:
             self._on_write(time.perf_counter() - started)

@@ -6,6 +6,7 @@ the service and use these builders too.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Any
 
@@ -79,10 +80,17 @@ def insert_notification(*, topic: str, payload: str, now: datetime) -> Op:
     return _INSERT["notifications"], {"topic": topic, "payload": payload, "created_at": now}
 
 
+@functools.cache
+def _update_statement(table, key: str, names: tuple[str, ...]):  # type: ignore[no-untyped-def]
+    """One UPDATE per set of columns, built once: building it (and its cache key) on every call showed in the
+    throughput profile."""
+    return update(table).where(table.c[key] == bindparam("b_key")).values(
+        {name: bindparam(f"b_{name}") for name in names})
+
+
 def _update_by_id(table, key: str, key_value: str, values: dict[str, Any]) -> Op:
-    statement = update(table).where(table.c[key] == bindparam("b_key")).values(
-        {name: bindparam(f"b_{name}") for name in values})
-    return statement, {"b_key": key_value, **{f"b_{name}": value for name, value in values.items()}}
+    return _update_statement(table, key, tuple(values)), {
+        "b_key": key_value, **{f"b_{name}": value for name, value in values.items()}}
 
 
 def update_call(call_id: str, **values: Any) -> Op:
@@ -134,7 +142,7 @@ def _lease_upsert(insert_for):  # type: ignore[no-untyped-def]
         index_elements=[LEASES.c.name],
         set_={"holder": statement.excluded.holder, "expires_at": statement.excluded.expires_at},
         where=(LEASES.c.holder == statement.excluded.holder) | (LEASES.c.expires_at < bindparam("now")),
-    )
+    ).returning(LEASES.c.name)  # a row back when taken: an INSERT's rowcount is -1 on psycopg
 
 
 SPEND_UPSERT = _DialectOp(_spend_upsert)
@@ -158,4 +166,4 @@ async def take_job_lease(conn, *, name: str, holder: str, now: datetime, expires
     """Hold the named job lease until ``expires_at`` if it is free, expired or already ours."""
     result = await conn.execute(LEASE_UPSERT.for_dialect(conn.dialect.name),
                                 {"name": name, "holder": holder, "expires_at": expires_at, "now": now})
-    return result.rowcount == 1
+    return result.first() is not None

@@ -36,6 +36,22 @@ def is_empty(blocks: list[dict]) -> bool:
     return all(block.get("type") == "text" and not block.get("text", "").strip() for block in blocks)
 
 
+def without_blank_text(blocks: list[dict]) -> list[dict]:
+    """A model's message as it can go back: the API refuses text blocks of whitespace only (a model may write
+    "\n\n" before a tool call), so those are left out; every other block stays exactly as it came."""
+    if all(block.get("type") != "text" or block.get("text", "").strip() for block in blocks):
+        return blocks
+    return [block for block in blocks if block.get("type") != "text" or block.get("text", "").strip()]
+
+
+def as_final(blocks: list[dict]) -> list[dict]:
+    """A message sent back as the request's last one (after ``pause_turn``): the API refuses final assistant
+    content that ends in whitespace, so a last text block loses its trailing whitespace."""
+    if blocks and blocks[-1].get("type") == "text" and blocks[-1]["text"] != blocks[-1]["text"].rstrip():
+        return [*blocks[:-1], {**blocks[-1], "text": blocks[-1]["text"].rstrip()}]
+    return blocks
+
+
 def estimate_tokens(blocks_json: str) -> int:
     """A deterministic estimate of a message's input tokens: about four characters a token.
 

@@ -40,6 +40,7 @@ class Message:
 class Unit:
     first_seq: int
     messages: list[Message] = field(default_factory=list)
+    last_seq: int | None = None  # the seq of its last stored turn (None: first_seq)
 
     @property
     def tokens(self) -> int:
@@ -80,11 +81,16 @@ def units_of(rows: list[HistoryRow]) -> list[Unit]:
                 kept.append(_message(row))  # tool results
         if not kept:
             continue
-        continues = group[0].role == "user" and group[0].step not in (0, None) and units
+        continues = group[0].role == "user" and group[0].step not in (0, None)
+        if continues and not units:
+            # It answers a paused reply that is not in what was read (the window starts after it): its tool
+            # results would go without their tool_use. Left out whole.
+            continue
         if continues:
             units[-1].messages.extend(kept)
+            units[-1].last_seq = group[-1].seq
         else:
-            units.append(Unit(group[0].seq, kept))
+            units.append(Unit(group[0].seq, kept, group[-1].seq))
     return units
 
 

@@ -20,6 +20,7 @@ from datetime import datetime
 from ..db import reads, writes
 from ..db.base import Database
 from ..db.models import utcnow
+from ..db.writes import Op
 from .events import Event, Numbered, number
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ class Journal:
         self._flushed_to = first_seq - 1
         self._inflight: asyncio.Future | None = None
         self._wake: asyncio.Future = asyncio.get_running_loop().create_future()
+        # Operations stored with each batch of this reply's events (the running call's usage so far).
+        self.progress: Callable[[], list[Op]] = list
         self.closed = False
 
     @property
@@ -69,6 +72,7 @@ class Journal:
     def publish_final(self, numbered: Numbered) -> None:
         self._append(numbered)
         self.close()
+        self._store.ended(self.reply_id)
 
     def close(self) -> None:
         self.closed = True
@@ -86,7 +90,8 @@ class Journal:
 
     def _notify(self) -> None:
         wake, self._wake = self._wake, asyncio.get_running_loop().create_future()
-        wake.set_result(None)
+        if not wake.done():
+            wake.set_result(None)
 
     # -- the store's side ----------------------------------------------------------------------------------
 
@@ -127,7 +132,8 @@ class Journal:
                 continue
             if self.closed:
                 return
-            await self._wake
+            # Shielded: a follower that goes away (its client left) must not cancel the future the others share.
+            await asyncio.shield(self._wake)
 
 
 def _row(reply_id: str, event: Numbered, now: datetime | None = None) -> dict:
@@ -154,6 +160,7 @@ class EventStore:
         self._on_stored = on_stored
         self._kick = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._announcing: set[asyncio.Task] = set()
         self.failures = 0
 
     def start(self) -> None:
@@ -165,6 +172,22 @@ class EventStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.flush()
+        if self._announcing:
+            await asyncio.gather(*self._announcing, return_exceptions=True)
+
+    def ended(self, reply_id: str) -> None:
+        """A reply's last events were stored by the transaction that ended it (not by a batch): tell the other
+        processes now, so that their followers see the end at once rather than at their next poll."""
+        if self._on_stored is None:
+            return
+        task = asyncio.ensure_future(self._on_stored({reply_id}))
+        self._announcing.add(task)
+        task.add_done_callback(self._announced)
+
+    def _announced(self, task: asyncio.Task) -> None:
+        self._announcing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not announce the end of a reply: %s", type(task.exception()).__name__)
 
     def dirty(self, journal: Journal) -> None:
         if id(journal) not in self._dirty:
@@ -202,7 +225,8 @@ class EventStore:
         rows = [row for _, batch in batches for row in batch]
         try:
             if rows:
-                await self._db.write(writes.apply, ops=[writes.insert_events(rows)])
+                progress = [op for journal, batch in batches if batch for op in journal.progress()]
+                await self._db.write(writes.apply, ops=[writes.insert_events(rows), *progress])
         except BaseException:
             for journal, batch in batches:
                 if batch:

@@ -20,9 +20,9 @@ from ..db import lease, writes
 from ..db.base import StorageError
 from ..db.models import new_id, utcnow
 from ..db.writes import Op
-from ..money.prices import Usage, cache_savings, to_nano
+from ..money.prices import Usage, cache_savings, cost_of, to_nano
 from ..upstream.client import CallStats
-from ..upstream.decoder import MessageAssembler
+from ..upstream.decoder import MessageAssembler, safe_usage
 from . import blocks as b
 from .plan import EngineContext, PendingStep, ReplyPlan
 from .toolrun import ToolCall, ToolResult, not_run
@@ -52,24 +52,30 @@ class Recorder:
         self.text: list[str] = []
         self.last_turn_id: str | None = None
         self.stop_reason: str | None = None
-        self.tool_calls_out: list[dict[str, Any]] = []
+        self._reported: dict[str, dict[str, Any]] = {}  # tool calls as they finish
+        self._asked: list[str] = []  # their ids in the order the model asked for them
         self.pending_payload: list[dict] = []
 
         self._streaming: tuple[int, str, CallStats, MessageAssembler] | None = None
         self._tools: tuple[int, list[ToolCall], dict[str, ToolResult]] | None = None
+        # A paused step this reply continues, with the results known so far, until their turn is stored.
+        self._continuing: tuple[PendingStep, dict[str, ToolResult]] | None = None
         self.context_changed = plan.context_changed
         self._cut_spend: list[tuple[str, str, int]] = []
         self._open_calls: set[str] = set()
+        self._call_days: dict[str, str] = {}
+        self._progress: tuple | None = None  # what ``progress`` last stored
 
     # -- calls ---------------------------------------------------------------------------------------------
 
     async def open_call(self, step: int, call_id: str | None) -> str:
-        if call_id is not None:
-            self._open_calls.add(call_id)
-            return call_id
-        call_id = new_id("call")
+        now = utcnow()
+        if call_id is None:
+            call_id = new_id("call")
+            await self.ctx.db.write(writes.apply, ops=[writes.insert_call(**self._call_row(call_id, step, now))])
         self._open_calls.add(call_id)
-        await self.ctx.db.write(writes.apply, ops=[writes.insert_call(**self._call_row(call_id, step, utcnow()))])
+        # A call's cost counts on the day it started, in budgets as in /usage (which groups calls by created_at).
+        self._call_days[call_id] = _day(now)
         return call_id
 
     def _call_row(self, call_id: str, step: int, now: datetime) -> dict[str, Any]:
@@ -82,13 +88,32 @@ class Recorder:
         self._streaming = (step, call_id, stats, assembler)
         self.steps = max(self.steps, step)
 
+    def progress(self) -> list[Op]:
+        """The usage known so far of the call being streamed, when it changed: stored with the reply's next batch
+        of events, so that a process killed mid-call leaves its ledger row with the tokens it had been told
+        (the input from ``message_start``) and their cost; the interrupted reply's closer charges them."""
+        if self._streaming is None:
+            return []
+        _, call_id, stats, assembler = self._streaming
+        usage = safe_usage(assembler.usage)
+        known = (call_id, stats.request_id, usage)
+        if known == self._progress:
+            return []
+        self._progress = known
+        cost, _ = self._price(usage)
+        return [writes.update_call(call_id, upstream_request_id=stats.request_id, input_tokens=usage.input_tokens,
+                                   output_tokens=usage.output_tokens,
+                                   cache_creation_input_tokens=usage.cache_creation_input_tokens,
+                                   cache_write_5m_tokens=usage.cache_write_5m_tokens,
+                                   cache_write_1h_tokens=usage.cache_write_1h_tokens,
+                                   cache_read_input_tokens=usage.cache_read_input_tokens,
+                                   server_tool_uses=usage.server_tool_uses, cost_nano_usd=to_nano(cost))]
+
     def _price(self, usage: Usage) -> tuple[Decimal | None, Decimal | None]:
         price = self.ctx.prices.get(self.plan.model)
         if price is None:
             self.ctx.prices.cost(self.plan.model, usage)  # logs the warning
             return None, None
-        from ..money.prices import cost_of
-
         return cost_of(price, usage), cache_savings(price, usage)
 
     def _close_call(self, call_id: str, stats: CallStats, status: str, error_type: str | None,
@@ -108,7 +133,7 @@ class Recorder:
             cost_nano_usd=to_nano(cost), cache_savings_nano_usd=to_nano(savings), latency_ms=stats.latency_ms,
             ttft_ms=stats.ttft_ms, attempts=max(stats.attempts, 1),
         )]
-        spend = [(self.plan.owner, _day(now), to_nano(cost) or 0)]
+        spend = [(self.plan.owner, self._call_days.get(call_id) or _day(now), to_nano(cost) or 0)]
         self._log_call(call_id, status, error_type, stats, cost)
         self.ctx.metrics.observe_call(
             route=self.plan.route, model=self.plan.model, status=status, error_type=error_type, usage=usage,
@@ -134,6 +159,16 @@ class Recorder:
         self.last_turn_id = turn_id
         self._streaming = None
         return cost
+
+    async def call_refused(self, error: errors.AgentError) -> None:
+        """The step being streamed was refused by the upstream and the reply tries again (a prompt too long):
+        its call is closed in the ledger now, as an error, rather than left open until the reply ends."""
+        if self._streaming is None:
+            return
+        _, call_id, stats, _ = self._streaming
+        ops, spend, _ = self._close_call(call_id, stats, "error", error.type, None, utcnow())
+        self._streaming = None
+        await self._store(ops, spend)
 
     # -- tools ---------------------------------------------------------------------------------------------
 
@@ -179,8 +214,17 @@ class Recorder:
         await self._store([writes.insert_tool_runs(runs)], [])
         self._tools = None
 
+    def continuing(self, paused: PendingStep, results: dict[str, ToolResult]) -> None:
+        """This reply continues ``paused`` (``results``: those known so far): if it is cut before ``answered``, the
+        end closes the whole step — in the model's order, "not run" for what did not run — never a part of it."""
+        self._continuing = (paused, results)
+
     async def answered(self, paused: PendingStep, results: dict[str, ToolResult], results_blocks: list[dict]) -> None:
-        now = utcnow()
+        await self._store(self._answered_ops(paused, results, results_blocks, utcnow()), [])
+        self._tools = self._continuing = None
+
+    def _answered_ops(self, paused: PendingStep, results: dict[str, ToolResult], results_blocks: list[dict],
+                      now: datetime) -> list[Op]:
         ops: list[Op] = []
         for answer in paused.answers:
             result = results.get(answer.tool_use_id)
@@ -197,8 +241,7 @@ class Recorder:
             prompt_op, self.plan.prompt_turn_id = self._turn("user", [], "complete", 0, now)
             prompt_op[1].update(content_blocks=late.blocks, content=_text(late.blocks), tokens=late.tokens)
             ops.append(prompt_op)
-        await self._store(ops, [])
-        self._tools = None
+        return ops
 
     # -- the end -------------------------------------------------------------------------------------------
 
@@ -227,10 +270,16 @@ class Recorder:
                                                   "error" if status == "failed" else "cancelled",
                                                   error.type if error is not None else None, None, now)
             ops.extend(call_ops)
+        reason = "the reply was cancelled" if cancel_reason == "cancelled" else (
+            "the server shut down" if cancel_reason == "shutdown" else "the reply failed")
+        if self._continuing is not None:  # cut before the answered step was stored (its approved calls running)
+            paused, known = self._continuing
+            ran = self._tools[2] if self._tools is not None else {}
+            results = {i: known.get(i) or ran.get(i) or not_run(i, reason) for i in paused.order}
+            ops.extend(self._answered_ops(paused, results, [results[i].block() for i in paused.order], now))
+            self._tools = self._continuing = None
         if self._tools is not None:
             step, calls, results = self._tools
-            reason = "the reply was cancelled" if cancel_reason == "cancelled" else (
-                "the server shut down" if cancel_reason == "shutdown" else "the reply failed")
             complete = {call.id: results.get(call.id) or not_run(call.id, reason) for call in calls}
             turn_op, _ = self._turn("user", [complete[call.id].block() for call in calls], "complete", step, now)
             ops.append(turn_op)
@@ -273,12 +322,21 @@ class Recorder:
     def totals(self) -> Usage:
         return self.usage
 
+    def asked(self, call_ids: list[str]) -> None:
+        """The model asked for these calls, in this order (calls run in parallel and finish in any order)."""
+        self._asked.extend(i for i in call_ids if i not in self._asked)
+
     def report_call(self, call_id: str, name: str, kind: str, arguments: dict, result: ToolResult) -> None:
         """A tool call of this reply, for ``POST /agent``'s ``tool_calls``."""
         content, _ = result.event_content()
-        self.tool_calls_out.append({"id": call_id, "name": name, "kind": kind, "input": arguments,
-                                    "is_error": result.is_error, "content": content,
-                                    "duration_ms": result.duration_ms})
+        self._reported[call_id] = {"id": call_id, "name": name, "kind": kind, "input": arguments,
+                                   "is_error": result.is_error, "content": content,
+                                   "duration_ms": result.duration_ms}
+
+    def tool_calls_out(self) -> list[dict[str, Any]]:
+        """The finished calls in the order the model asked for them, step after step."""
+        ordered = [self._reported[i] for i in self._asked if i in self._reported]
+        return ordered + [call for i, call in self._reported.items() if i not in self._asked]
 
     def _log_call(self, call_id: str, status: str, error_type: str | None, stats: CallStats,
                   cost: Decimal | None) -> None:

@@ -42,9 +42,12 @@ from .journal import Journal
 from .plan import EngineContext, ReplyPlan
 from .recording import Recorder, usage_payload
 from .request import build
-from .toolrun import ToolCall, ToolResult, not_run, run_calls
+from .toolrun import EVENT_LIMIT, ToolCall, ToolResult, cut_utf8, not_run, run_calls
 
 log = logging.getLogger(__name__)
+# Declared (with tool_choice none) when the history holds tool blocks and no tool is configured any more.
+NO_TOOLS = {"name": "no_tools_available", "description": "No tools are available in this conversation now.",
+            "input_schema": {"type": "object", "properties": {}}}
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ class ReplyProcess:
         self.owner = plan.owner
         self.journal = Journal(plan.reply_id, ctx.events)
         self.record = Recorder(plan, ctx)
+        self.journal.progress = self.record.progress
         self.outcome: asyncio.Future[ReplyResult] = asyncio.get_running_loop().create_future()
         self._on_finished = on_finished
         self._task: asyncio.Task | None = None
@@ -83,6 +87,8 @@ class ReplyProcess:
         self._left_out = 0
         self._ratio = 1.0
         self._estimate = 0
+        self._window: int | None = None  # the upstream's window, once it said "prompt is too long"
+        self._squeeze = 1.0
 
     # -- lifetime ------------------------------------------------------------------------------------------
 
@@ -142,17 +148,29 @@ class ReplyProcess:
                 conn, conversation_id=plan.conversation_id, before_seq=plan.context_from_seq)
         self._units = units_of(rows)
         if previous is not None:
-            self._ratio = context.calibration(sum(previous), sum(unit.tokens for unit in self._units))
-        self._refit(squeeze=1.0)
+            # The previous call counted the tools and the system prompt too: so must its estimate.
+            self._ratio = context.calibration(sum(previous), self._prefix_tokens() + sum(u.tokens for u in self._units))
+        self._refit()
 
-    def _refit(self, *, squeeze: float) -> None:
+    def _prefix_tokens(self) -> int:
         plan = self.plan
-        window = self.ctx.prices.get(plan.model)
-        fixed = b.estimate_tokens(b.encode(self.ctx.tools.definitions(plan.tool_names))) + b.estimate_tokens(
-            plan.system or "") + sum(m.tokens for m in self._own)
-        chosen = context.fit(self._units, fixed_tokens=fixed, window=window.context_window if window else 200_000,
+        return b.estimate_tokens(b.encode(self.ctx.tools.definitions(plan.tool_names))) + b.estimate_tokens(
+            plan.system or "")
+
+    def _window_of(self) -> int:
+        price = self.ctx.prices.get(self.plan.model)
+        window = price.context_window if price else 200_000
+        return window if self._window is None else min(window, self._window)
+
+    def _refit(self) -> bool:
+        """Choose the history again (the reply's own messages grew, or the upstream said "too long"); True when
+        it changed."""
+        plan = self.plan
+        fixed = self._prefix_tokens() + sum(m.tokens for m in self._own)
+        chosen = context.fit(self._units, fixed_tokens=fixed, window=self._window_of(),
                              max_tokens=plan.max_tokens, ratio=self._ratio, from_seq=plan.context_from_seq,
-                             squeeze=squeeze)
+                             squeeze=self._squeeze, keep=1 if plan.continues is not None else 0)
+        before = len(plan.history)
         plan.history = [message for unit in chosen.units for message in unit.messages]
         plan.context = {"turns_sent": chosen.turns_sent + (1 if plan.prompt is not None else 0),
                         "turns_omitted": chosen.turns_omitted + self._left_out}
@@ -160,20 +178,27 @@ class ReplyProcess:
             plan.context_from_seq, plan.context_changed = chosen.from_seq, True
         self.record.context_changed = plan.context_changed
         self._estimate = chosen.estimate
+        return before != len(plan.history)
 
     async def _run(self) -> _Ending:
         plan, settings = self.plan, self.ctx.settings
         self._own: list[Message] = [plan.prompt] if plan.prompt is not None else []
+        known: dict[str, ToolResult] = {}
+        if plan.continues is not None:  # from here on, a reply cut short closes the paused step whole
+            known = _known_results(plan.continues)
+            self.record.continuing(plan.continues, known)
         await self._prepare()
         self.journal.emit(ev.Start(plan.reply_id, plan.conversation_id, plan.model, plan.context))
         previous_end: int | None = None
         if plan.continues is not None:
-            self._own.extend(await self._continue_paused())
+            self._own.extend(await self._continue_paused(known))
         squeezed = False
         step = 0
-        while step < settings.max_steps:
+        while step < settings.max_steps + squeezed:  # the retry after "too long" is not one of the steps
             step += 1
-            last = step == settings.max_steps
+            last = step == settings.max_steps + squeezed
+            if self._refit():  # this reply's own messages grew (answers, tool results): older history goes
+                previous_end = None
             messages = plan.history + self._own
             try:
                 assistant, stop_reason = await self._call(step, messages, previous_end, last)
@@ -181,12 +206,15 @@ class ReplyProcess:
                 if squeezed or "prompt is too long" not in exc.message or not plan.history:
                     raise
                 squeezed = True  # leave out more and try once more
-                self._ratio = context.too_long_ratio(exc.message, self._estimate) or self._ratio * 1.5
-                self._refit(squeeze=0.5)
+                await self.record.call_refused(exc)
+                self._ratio, self._window, self._squeeze = context.after_too_long(
+                    exc.message, estimate=self._estimate, ratio=self._ratio, window=self._window_of())
+                self._refit()
                 previous_end = None
                 continue
             previous_end = len(encode_messages(messages)) - 1
             calls = self._tool_calls(b.tool_calls(assistant))
+            self.record.asked([call.id for call in calls])
             encoded = b.encode(assistant)
             self._own.append(Message("assistant", encoded, b.estimate_tokens(encoded), 0))
             if calls:
@@ -201,6 +229,8 @@ class ReplyProcess:
                 self._own.append(Message("user", encoded, b.estimate_tokens(encoded), 0))
                 continue
             if stop_reason == "pause_turn" and not last:
+                final = b.encode(b.as_final(assistant))  # goes back as the last message
+                self._own[-1] = Message("assistant", final, b.estimate_tokens(final), 0)
                 continue
             return _Ending("complete")
         return _Ending("complete")
@@ -219,10 +249,16 @@ class ReplyProcess:
         call_id = plan.first_call_id if step == 1 and plan.first_call_id else None
         call_id = await self.record.open_call(step, call_id)
         definitions = ctx.tools.definitions(plan.tool_names)
+        only_declared = False
         if not definitions and any('"tool_use"' in m.blocks for m in messages):
-            definitions = ctx.tools.definitions(None)  # the API requires tools when history holds tool blocks
+            # The API requires tools when history holds tool blocks, even when none may be used (or none is
+            # configured any more: then a placeholder, so that the conversation stays usable).
+            definitions, only_declared = ctx.tools.definitions(None) or [NO_TOOLS], True
         tool_choice = plan.tool_choice
-        if definitions and (last or plan.tool_names == []):
+        if step > 1 and tool_choice is not None and tool_choice.get("type") in ("any", "tool"):
+            # A forced tool is for the first step: forced on every step, the model could never answer in words.
+            tool_choice = {k: v for k, v in tool_choice.items() if k == "disable_parallel_tool_use"} | {"type": "auto"}
+        if definitions and (last or plan.tool_names == [] or only_declared):
             tool_choice = {"type": "none"}
         encoded = encode_messages(messages)
         request = build(model=plan.model, max_tokens=plan.max_tokens, system=plan.system, tools=definitions,
@@ -238,7 +274,7 @@ class ReplyProcess:
                 self.journal.emit(ev.Thinking(value))
             else:
                 self._block_done(assembler.blocks[value])
-        blocks = assembler.blocks
+        blocks = b.without_blank_text(assembler.blocks)  # stored as it can go back upstream
         cost = await self.record.call_done(step, call_id, stats, blocks)
         self.journal.emit(ev.Step(step, stats.stop_reason, usage_payload(stats.usage), _usd(cost)))
         return blocks, stats.stop_reason
@@ -255,8 +291,8 @@ class ReplyProcess:
             content = block.get("content")
             text = b.result_text(content if isinstance(content, (str, list)) else [content])
             is_error = isinstance(content, dict) and str(content.get("type", "")).endswith("_error")
-            self.journal.emit(ev.ToolResult(block.get("tool_use_id", ""), is_error, text[:65536], None,
-                                            len(text) > 65536))
+            shown, truncated = cut_utf8(text, EVENT_LIMIT)
+            self.journal.emit(ev.ToolResult(block.get("tool_use_id", ""), is_error, shown, None, truncated))
 
     async def _run_tools(self, step: int, calls: list[ToolCall]) -> dict[str, ToolResult]:
         settings = self.ctx.settings
@@ -271,18 +307,15 @@ class ReplyProcess:
         return await run_calls(calls, default_timeout=settings.tool_timeout, output_limit=settings.tool_output_limit,
                                on_result=heard)
 
-    async def _continue_paused(self) -> list[Message]:
-        """Apply the answers to a paused step: approved calls run here, the rest give their results; then the
-        whole step's results are stored as one message, in the order the model asked."""
+    async def _continue_paused(self, results: dict[str, ToolResult]) -> list[Message]:
+        """Apply the answers to a paused step: approved calls run here, the rest give their results (``results``,
+        with those of the calls that ran before the pause); then the whole step's results are stored as one
+        message, in the order the model asked."""
         paused = self.plan.continues
         assert paused is not None
-        approved, results = [], {}
-        for answer in paused.answers:
-            if answer.action == "approval" and answer.approved:
-                approved.append(answer)
-            else:
-                results[answer.tool_use_id] = _answered(answer)
+        approved = [a for a in paused.answers if a.action == "approval" and a.approved]
         calls = [ToolCall(a.tool_use_id, a.name, a.input, self.ctx.tools.get(a.name), True) for a in approved]
+        self.record.asked(list(paused.order))
         for answer in paused.answers:
             if answer.tool_use_id in results:
                 result = results[answer.tool_use_id]
@@ -293,9 +326,6 @@ class ReplyProcess:
                                         answer.input, result)
         if calls:
             results.update(await self._run_tools(paused.step, calls))
-        for tool_use_id, done in paused.done.items():
-            results[tool_use_id] = ToolResult(tool_use_id, done["content"], done["is_error"], done.get("duration_ms"),
-                                              "ok")
         ordered = [results.get(i) or not_run(i, "no answer was given") for i in paused.order]
         results_blocks = [result.block() for result in ordered]
         await self.record.answered(paused, results, results_blocks)
@@ -335,7 +365,7 @@ class ReplyProcess:
         self.status = ending.status
         self.journal.publish_final(numbered)
         if not self.outcome.done():
-            self.outcome.set_result(ReplyResult(ending.status, payload, "".join(record.text), record.tool_calls_out,
+            self.outcome.set_result(ReplyResult(ending.status, payload, "".join(record.text), record.tool_calls_out(),
                                                 ending.error, numbered))
 
 
@@ -347,6 +377,16 @@ def _previous_end(encoded: list[str], known: int | None) -> int | None:
     if len(encoded) >= 3 and encoded[-2].startswith('{"role":"assistant"') and encoded[-3].startswith('{"role":"user"'):
         return len(encoded) - 3
     return None
+
+
+def _known_results(paused) -> dict[str, ToolResult]:  # type: ignore[no-untyped-def]
+    """The results of a paused step known before anything runs: the answers but approvals, and the calls that ran
+    before the pause."""
+    results = {answer.tool_use_id: _answered(answer) for answer in paused.answers
+               if not (answer.action == "approval" and answer.approved)}
+    for tool_use_id, done in paused.done.items():
+        results[tool_use_id] = ToolResult(tool_use_id, done["content"], done["is_error"], done.get("duration_ms"), "ok")
+    return results
 
 
 def _answered(answer) -> ToolResult:  # type: ignore[no-untyped-def]

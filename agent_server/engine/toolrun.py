@@ -19,7 +19,7 @@ from ..tools.base import Tool, ToolFailed, ToolOutput
 from . import blocks as b
 
 log = logging.getLogger(__name__)
-EVENT_LIMIT = 64 * 1024  # characters of a result in a tool_result event (the audit keeps it whole)
+EVENT_LIMIT = 64 * 1024  # UTF-8 bytes of a result in a tool_result event (the audit keeps it whole)
 
 
 @dataclass
@@ -58,12 +58,26 @@ class ToolResult:
         return b.tool_result_block(self.tool_use_id, self.content, self.is_error)
 
     def event_content(self) -> tuple[str, bool]:
-        text = b.result_text(self.content)
-        return (text[:EVENT_LIMIT], True) if len(text) > EVENT_LIMIT else (text, False)
+        return cut_utf8(b.result_text(self.content), EVENT_LIMIT)
+
+
+def cut_utf8(text: str, limit: int) -> tuple[str, bool]:
+    """``text`` cut to at most ``limit`` bytes of UTF-8, never inside a character; and whether it was cut."""
+    if len(text) * 4 <= limit:
+        return text, False
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return text, False
+    return data[:limit].decode("utf-8", "ignore"), True
 
 
 def not_run(call_id: str, reason: str) -> ToolResult:
     return ToolResult(call_id, f"not run: {reason}", True, None, "not_run")
+
+
+def _size(block: dict) -> int:
+    """A block's share of the output limit: a text's characters; anything else (an image) its JSON."""
+    return len(block.get("text") or "") if block.get("type") == "text" else len(b.encode(block))
 
 
 def _cut(output: ToolOutput, limit: int) -> ToolOutput:
@@ -72,11 +86,24 @@ def _cut(output: ToolOutput, limit: int) -> ToolOutput:
             return output
         notice = f"\n[output cut at {limit} of {len(output.content)} characters]"
         return ToolOutput(output.content[:limit] + notice, output.is_error)
-    size = len(b.encode(output.content))
-    if size <= limit:
+    total = sum(_size(block) for block in output.content)
+    if total <= limit:
         return output
-    text = b.result_text(output.content)
-    return ToolOutput(text[:limit] + f"\n[output cut at {limit} of {size} characters]", output.is_error)
+    # Content blocks stay blocks: the first ones that fit (a text cut at the limit), then the notice. An image
+    # is kept whole or left out, never sent as a cut piece of base64 text.
+    kept: list[dict] = []
+    used = 0
+    for block in output.content:
+        size = _size(block)
+        if used + size <= limit:
+            kept.append(block)
+            used += size
+            continue
+        if block.get("type") == "text" and limit - used > 0:
+            kept.append({**block, "text": block["text"][:limit - used]})
+        break
+    kept.append({"type": "text", "text": f"[output cut at {limit} of {total} characters]"})
+    return ToolOutput(kept, output.is_error)
 
 
 async def run_one(call: ToolCall, *, default_timeout: float, output_limit: int) -> ToolResult:
@@ -98,8 +125,14 @@ async def run_one(call: ToolCall, *, default_timeout: float, output_limit: int) 
     except ToolFailed as exc:
         return ToolResult(call.id, str(exc), True, elapsed(), "error")
     except asyncio.CancelledError:
-        raise
-    except Exception as exc:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise  # the reply is being cancelled
+        # The tool raised CancelledError of its own accord: to the task group that would be a cancelled child,
+        # and the step would lose the call's result.
+        log.info("tool %s raised CancelledError", call.name)
+        return ToolResult(call.id, "the tool was cancelled", True, elapsed(), "error")
+    except (Exception, SystemExit) as exc:  # SystemExit: a library's sys.exit() must not end the server
         log.info("tool %s raised %s", call.name, type(exc).__name__)
         message = str(exc).splitlines()[0][:300] if str(exc) else ""
         return ToolResult(call.id, f"{type(exc).__name__}: {message}" if message else type(exc).__name__, True,

@@ -5,8 +5,10 @@ in one transaction, on SQLite and PostgreSQL alike; the calls stay in the ledger
 times) with their links to the deleted turns cleared, so usage and budgets still count them. On SQLite the freed
 pages are overwritten (``secure_delete``); see docs/operations.md for what PostgreSQL keeps until VACUUM.
 
-The sweeper runs hourly on one instance at a time (a job lease in the database) and works in small batches, each
-its own short transaction, so it never holds the write lock for long.
+The sweeper runs hourly on one instance at a time (a job lease in the database, held by this ``Lifecycle``: two
+apps in one process are two instances too) and works in small batches, each its own short transaction, so it never
+holds the write lock for long. A batch is chosen inside the transaction that deletes it, so a reply that starts on a
+conversation meanwhile keeps it (a conversation whose reply runs is never swept).
 """
 
 from __future__ import annotations
@@ -14,15 +16,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, delete, select, update
 
 from .. import errors
-from ..db import reads, writes
+from ..db import lease, reads, writes
 from ..db.base import Database
 from ..db.lease import this_process
+from ..text import unstorable
 from ..db.models import Conversation, Reply, ReplyEvent, ToolRun, Turn, UpstreamCall, utcnow
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,9 @@ def clean_title(title: str) -> str:
         raise errors.ValidationFailed("Invalid request: title: must contain more than whitespace.")
     if len(title) > TITLE_CHARS:
         raise errors.ValidationFailed(f"Invalid request: title: is longer than {TITLE_CHARS} characters.")
+    problem = unstorable(title)
+    if problem is not None:
+        raise errors.ValidationFailed(f"Invalid request: title: {problem}.")
     return title
 
 
@@ -58,7 +65,8 @@ async def delete_conversations(conn, *, conversation_ids: list[str]) -> int:
 
 async def set_title(conn, *, owner: str, conversation_id: str, title: str, now: datetime):  # type: ignore[no-untyped-def]
     result = await conn.execute(update(Conversation).where(Conversation.id == conversation_id,
-                                                           Conversation.owner == owner).values(title=title))
+                                                           Conversation.owner == owner)
+                                .values(title=title, updated_at=now))
     if result.rowcount == 0:
         raise errors.conversation_not_found(conversation_id)
 
@@ -72,7 +80,8 @@ class Lifecycle:
         self.events_hours = events_hours
         self.clock = clock
         self._task: asyncio.Task | None = None
-        self._holder = f"{this_process().machine}/{this_process().pid}"[:200]
+        # This instance, not only this process: two apps of one process must not both sweep in one period.
+        self._holder = f"{this_process().machine}/{this_process().pid}/{secrets.token_hex(4)}"[-200:]
 
     async def rename(self, *, owner: str, conversation_id: str, title: str) -> reads.ConversationRecord:
         await self.db.write(set_title, owner=owner, conversation_id=conversation_id, title=clean_title(title),
@@ -84,10 +93,16 @@ class Lifecycle:
         return record
 
     async def delete(self, *, owner: str, conversation_id: str) -> None:
-        running = await self.replies.running_reply_of(owner=owner, conversation_id=conversation_id)  # 404 if not ours
-        if running is not None:
-            await self.replies.cancel(owner=owner, reply_id=running)
-        deleted = await self.db.write(_delete_owned, owner=owner, conversation_id=conversation_id, heavy=True)
+        for _ in range(3):  # a reply may start between the cancel and the delete: cancel that one too
+            running = await self.replies.running_reply_of(owner=owner, conversation_id=conversation_id)  # 404
+            if running is not None:
+                await self.replies.cancel(owner=owner, reply_id=running)
+            deleted = await self.db.write(_delete_owned, owner=owner, conversation_id=conversation_id, now=utcnow(),
+                                          heavy=True)
+            if deleted != _BUSY:
+                break
+        else:
+            raise errors.Conflict("This conversation is generating a reply that could not be stopped; try again.")
         if not deleted:
             raise errors.conversation_not_found(conversation_id)
 
@@ -114,21 +129,20 @@ class Lifecycle:
     async def sweep(self) -> dict[str, int]:
         """One pass, if this process holds the sweeper's lease: expired conversations and reply events."""
         now = self.clock()
+        # Held for most of the period: the holder's next pass finds it expired and takes it again, another
+        # instance's pass in between finds it held. One sweep an hour across instances; a dead holder's lease
+        # is taken over by the next pass after it expired.
         if not await self.db.write(writes.take_job_lease, name="sweeper", holder=self._holder, now=now,
-                                   expires_at=now + timedelta(seconds=SWEEP_EVERY_SECONDS / 2)):
+                                   expires_at=now + timedelta(seconds=SWEEP_EVERY_SECONDS * 0.9)):
             return {"conversations": 0, "reply_events": 0}
         deleted = 0
         if self.retention_days is not None:
             cutoff = now - timedelta(days=self.retention_days)
             while True:
-                async with self.db.read() as conn:
-                    batch = [row[0] for row in await conn.execute(
-                        select(Conversation.id).where(Conversation.updated_at < cutoff,
-                                                      Conversation.lock_token.is_(None))
-                        .order_by(Conversation.updated_at).limit(BATCH))]
-                if not batch:
+                count = await self.db.write(_delete_expired, cutoff=cutoff, heavy=True)
+                if not count:
                     break
-                deleted += await self.db.write(delete_conversations, conversation_ids=batch)
+                deleted += count
                 await asyncio.sleep(0)  # between batches, others write
         expired = replies_expired = 0
         events_cutoff = now - timedelta(hours=self.events_hours)
@@ -142,7 +156,7 @@ class Lifecycle:
                     .limit(EVENTS_BATCH))]
             if not batch:
                 break
-            expired += await self.db.write(_expire_events, reply_ids=batch)
+            expired += await self.db.write(_expire_events, reply_ids=batch, heavy=True)
             replies_expired += len(batch)
             await asyncio.sleep(0)
         if deleted or expired:
@@ -151,12 +165,29 @@ class Lifecycle:
         return {"conversations": deleted, "reply_events": expired}
 
 
-async def _delete_owned(conn, *, owner: str, conversation_id: str) -> int:
-    owned = (await conn.execute(select(Conversation.id).where(Conversation.id == conversation_id,
-                                                              Conversation.owner == owner))).scalar()
+_BUSY = -1  # _delete_owned: a reply holds the conversation's lease
+
+
+async def _delete_owned(conn, *, owner: str, conversation_id: str, now: datetime) -> int:
+    owned = (await conn.execute(select(Conversation).where(Conversation.id == conversation_id,
+                                                           Conversation.owner == owner).with_for_update())
+             ).one_or_none()
     if owned is None:
         return 0
+    if not lease.is_free(owned, now):
+        return _BUSY
     return await delete_conversations(conn, conversation_ids=[conversation_id])
+
+
+async def _delete_expired(conn, *, cutoff: datetime) -> int:
+    """One batch of the conversations not updated since ``cutoff`` and not generating a reply, chosen and deleted in
+    this one transaction (chosen in an earlier one, a reply could start on one before it went)."""
+    query = (select(Conversation.id).where(Conversation.updated_at < cutoff, Conversation.lock_token.is_(None))
+             .order_by(Conversation.updated_at).limit(BATCH))
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)  # a reply opening on one of them has it: skip it
+    batch = [row[0] for row in await conn.execute(query)]
+    return await delete_conversations(conn, conversation_ids=batch)
 
 
 async def _expire_events(conn, *, reply_ids: list[str]) -> int:

@@ -20,6 +20,7 @@ from .. import errors
 from ..db import lease, writes
 from ..db.models import Conversation, ToolRun, Turn
 from ..engine import blocks as b
+from ..engine.interrupted import close_one
 from ..engine.plan import Answer, PendingStep
 
 
@@ -61,6 +62,10 @@ async def open_reply(conn, *, owner: str, conversation_id: str | None, system: s
                 "'system' cannot change on an existing conversation: omit it or send the stored one.")
         if not lease.is_free(stored, now):
             raise errors.Conflict("This conversation is already generating a reply; wait for it to finish.")
+        if stored.lock_reply_id is not None and stored.lock_token is not None:
+            # The lease was left by a reply whose process died (or whose lease expired): close it as interrupted
+            # first, in this transaction, so its partial text and its call are settled before this reply starts.
+            await close_one(conn, reply_id=stored.lock_reply_id, conversation_id=conversation_id, now=now)
         continues = None
         if stored.pending_reply_id is not None:
             continues = await _pending_step(conn, reply_id=stored.pending_reply_id, answers=answers,
@@ -73,11 +78,13 @@ async def open_reply(conn, *, owner: str, conversation_id: str | None, system: s
         seq = (last or 0) + 1
         chosen_model, stored_system = model or stored.model, stored.system
         from_seq, before = stored.context_from_seq, seq
-    ops = [writes.insert_reply(id=reply_id, conversation_id=conversation_id, owner=owner, route=route,
-                               model=chosen_model, status="running", steps=0, last_seq=0, created_at=now)]
     prompt_turn_id = None
     if prompt_blocks is not None and continues is None:
         prompt_turn_id = f"turn_{reply_id.removeprefix('reply_')}"
+    ops = [writes.insert_reply(id=reply_id, conversation_id=conversation_id, owner=owner, route=route,
+                               model=chosen_model, status="running", steps=0, last_seq=0, created_at=now,
+                               prompt_turn_id=prompt_turn_id)]
+    if prompt_turn_id is not None and prompt_blocks is not None:
         ops.append(writes.insert_turn(
             id=prompt_turn_id, conversation_id=conversation_id, reply_id=reply_id, seq=seq, step=0, role="user",
             content=b.text_of(json.loads(prompt_blocks)), content_blocks=prompt_blocks,
@@ -130,7 +137,7 @@ async def _pending_step(conn, *, reply_id: str, answers: list[dict], has_message
         answered[tool_use_id] = Answer(run.id, tool_use_id, run.name, json.loads(run.input), "superseded",
                                        decided_by=owner)
     step = runs[0].step if runs else 1
-    order = await _tool_order(conn, reply_id=reply_id, step=step, fallback=[run.tool_use_id for run in runs])
+    order = await tool_order(conn, reply_id=reply_id, step=step, fallback=[run.tool_use_id for run in runs])
     done = {run.tool_use_id: {"content": json.loads(run.output) if run.output else "", "is_error": run.is_error,
                               "duration_ms": run.duration_ms}
             for run in runs if run.status == "done"}
@@ -138,7 +145,7 @@ async def _pending_step(conn, *, reply_id: str, answers: list[dict], has_message
                        answers=list(answered.values()))
 
 
-async def _tool_order(conn, *, reply_id: str, step: int, fallback: list[str]) -> list[str]:
+async def tool_order(conn, *, reply_id: str, step: int, fallback: list[str]) -> list[str]:
     """The tool calls of the paused step in the order the model asked for them (its assistant turn)."""
     row = (await conn.execute(select(Turn.content_blocks).where(
         Turn.reply_id == reply_id, Turn.step == step, Turn.role == "assistant", Turn.status == "complete")

@@ -115,13 +115,19 @@ class ReplyService:
     # -- following, status, cancel -------------------------------------------------------------------------
 
     async def status(self, *, owner: str, reply_id: str) -> ReplyStatus:
+        process = self.supervisor.get(reply_id)
         async with self.ctx.db.read() as conn:
             row = await reads.get_reply(conn, reply_id=reply_id, owner=owner)
             if row is None:
                 raise errors.NotFound("Reply not found.")
             totals = await reads.totals_by_reply(conn, reply_id=reply_id)
-        process = self.supervisor.get(reply_id)
-        last_seq = process.journal.last_seq if process is not None else row.last_seq
+            last_seq = row.last_seq
+            if row.status == "running" and process is None:
+                # Running elsewhere: its row says nothing of its events until it ends; what is stored does.
+                stored = await reads.last_event(conn, reply_id=reply_id)
+                last_seq = stored.seq if stored is not None else 0
+        if process is not None:
+            last_seq = process.journal.last_seq
         return ReplyStatus(row.id, row.conversation_id, row.status, row.turn_id, row.steps, totals, row.created_at,
                            row.finished_at, last_seq)
 
@@ -142,31 +148,42 @@ class ReplyService:
     async def _follow_stored(self, reply_id: str, after: int) -> AsyncIterator[Numbered]:
         cursor = after
         while True:
-            async with self.ctx.db.read() as conn:
-                rows = await reads.events_after(conn, reply_id=reply_id, after=cursor)
-                reply = await reads.get_reply(conn, reply_id=reply_id) if not rows else None
-            for event in from_storage(rows):
-                cursor = event.seq
-                yield event
-                if event.terminal:
-                    return
-            if rows:
-                continue
-            if reply is None:
-                return  # deleted meanwhile
-            if reply.status != "running":
-                final = await self._final_event(reply)
-                if final is not None and final.seq > cursor:
-                    yield final
-                return
-            process = self.supervisor.get(reply_id)
-            if process is not None:  # it moved here? (a continuation cannot; but be exact)
-                async for event in process.journal.follow(cursor):
+            # Listening before reading: a batch stored between the read and the wait still wakes it.
+            stored = wait_for(self.channel, "events", lambda payload: reply_id in payload.split(","),
+                              self.poll_seconds)
+            try:
+                async with self.ctx.db.read() as conn:
+                    rows = await reads.events_after(conn, reply_id=reply_id, after=cursor)
+                    reply = await reads.get_reply(conn, reply_id=reply_id) if not rows else None
+                for event in from_storage(rows):
+                    cursor = event.seq
                     yield event
-                return
-            if await self._abandoned(reply):
-                continue
-            await wait_for(self.channel, "events", lambda payload: reply_id in payload.split(","), self.poll_seconds)
+                    if event.terminal:
+                        return
+                if rows:
+                    continue
+                if reply is None:
+                    return  # deleted meanwhile
+                if reply.status != "running":
+                    final = await self._final_event(reply)
+                    if final is not None and final.seq > cursor:
+                        yield final
+                    elif final is not None and final.terminal and cursor > reply.last_seq:
+                        # The follower saw events its dead process never stored (an interrupted reply): the end
+                        # is numbered after what it saw, so that its numbers keep going up.
+                        yield Numbered(cursor + 1, final.name, final.data, final.json)
+                    return
+                process = self.supervisor.get(reply_id)
+                if process is not None:  # it moved here? (a continuation cannot; but be exact)
+                    async for event in process.journal.follow(cursor):
+                        yield event
+                    return
+                if await self._abandoned(reply):
+                    continue
+                await stored
+            finally:
+                if not stored.done():
+                    stored.cancel()
 
     async def _abandoned(self, reply) -> bool:  # type: ignore[no-untyped-def]
         """A running reply whose process died: close it now (any instance may), so its follower gets the end."""
@@ -189,6 +206,8 @@ class ReplyService:
         if process is not None:
             process.cancel("cancelled")
             await process.wait()
+            return await self.status(owner=owner, reply_id=reply_id)
+        if reply_id in await self.supervisor.sweep():  # its process died: it is closed as interrupted, not stopped
             return await self.status(owner=owner, reply_id=reply_id)
         await self.ctx.db.write(writes.apply, ops=[writes.update_reply(reply_id, cancel_requested_at=utcnow())])
         await self.channel.publish("cancel", reply_id)

@@ -3,6 +3,7 @@ server-tool fees included), grouped by UTC day, model, conversation or (admin ke
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
@@ -37,10 +38,16 @@ class UsageReport:
     totals: UsageRow
 
 
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
 def parse_day(raw: str | None, name: str, default: date) -> date:
+    """A UTC date written YYYY-MM-DD (``date.fromisoformat`` alone also takes 20261201, 2026-W48-2 and more)."""
     if raw is None or raw == "":
         return default
     try:
+        if not _DAY.fullmatch(raw):
+            raise ValueError(raw)
         return date.fromisoformat(raw)
     except ValueError:
         raise errors.ValidationFailed(f"Invalid request: {name} must be a date like 2026-12-01.") from None
@@ -74,10 +81,12 @@ class UsageService:
         if group == "owner" and whose != "*":
             raise errors.ValidationFailed("Invalid request: group_by=owner needs owner=* (admin keys).")
         start = datetime.combine(first, datetime.min.time())
-        end = datetime.combine(last + timedelta(days=1), datetime.min.time())
+        end = datetime.combine(last, datetime.min.time()) + timedelta(days=1) if last < date.max else None
         key = {"day": func.date(UpstreamCall.created_at), "model": UpstreamCall.model,
                "conversation": UpstreamCall.conversation_id, "owner": UpstreamCall.owner}[group]
-        where = [UpstreamCall.created_at >= start, UpstreamCall.created_at < end]
+        where = [UpstreamCall.created_at >= start]
+        if end is not None:  # until=9999-12-31: there is no day after it
+            where.append(UpstreamCall.created_at < end)
         if whose != "*":
             where.append(UpstreamCall.owner == whose)
         async with self.db.read() as conn:

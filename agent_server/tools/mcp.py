@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from typing import Any
 
 import httpx2
@@ -21,8 +22,15 @@ import httpx2
 from .base import Tool, ToolConfigError, ToolFailed, ToolOutput
 
 log = logging.getLogger(__name__)
+_API_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")  # the Messages API's rule for a tool's name
 CONNECT_TIMEOUT = 15.0
 RECONNECT_DELAYS = (0.5, 1, 2, 5, 10, 30)
+# A live session is asked for its tools this often, so that a server that died between calls (a stdio child that
+# exited says nothing) is noticed and reconnected before the next reply needs it.
+HEALTH_EVERY = 5.0
+HEALTH_TIMEOUT = 10.0
+# A call that finds its server reconnecting waits this long for it (and cuts the keeper's pause short).
+CALL_CONNECT_WAIT = 5.0
 
 
 class McpServer:
@@ -38,8 +46,12 @@ class McpServer:
         self.timeout = timeout
         self.requires_approval = requires_approval
         self.tools: dict[str, McpTool] = {}
+        self._refused: set[str] = set()  # tool names the API would refuse, warned about once
         self._client: Any = None
-        self._ready = asyncio.Event()
+        self._ready = asyncio.Event()  # the first connection attempt has an outcome, good or bad
+        self._connected = asyncio.Event()  # a session is live
+        self._lost = asyncio.Event()  # a call saw the session die: the keeper drops it and reconnects
+        self._retry_now = asyncio.Event()  # a call is waiting: the keeper's pause between attempts ends
         self._stop = asyncio.Event()
         self._keeper: asyncio.Task | None = None
         self.last_error: str | None = None
@@ -52,13 +64,14 @@ class McpServer:
     def connected(self) -> bool:
         return self._client is not None
 
-    def _target(self) -> Any:
+    async def _target(self, stack: contextlib.AsyncExitStack) -> Any:
         from mcp.client.stdio import StdioServerParameters
         from mcp.client.streamable_http import streamable_http_client
 
         if self.url is not None:
-            http = httpx2.AsyncClient(headers=self.headers, timeout=httpx2.Timeout(30, read=300),
-                                      follow_redirects=False)
+            # The transport does not close a client it is given: the stack does, when the session ends.
+            http = await stack.enter_async_context(httpx2.AsyncClient(
+                headers=self.headers, timeout=httpx2.Timeout(30, read=300), follow_redirects=False))
             return streamable_http_client(self.url, http_client=http)
         return StdioServerParameters(command=self.command or "", args=self.args, env=self.env or None)
 
@@ -84,32 +97,74 @@ class McpServer:
 
         attempt = 0
         while not self._stop.is_set():
+            self._lost.clear()
+            self._retry_now.clear()
             try:
-                async with Client(self._target(), read_timeout_seconds=self.timeout) as client:
+                async with contextlib.AsyncExitStack() as stack:
+                    target = await self._target(stack)
+                    client = await stack.enter_async_context(Client(target, read_timeout_seconds=self.timeout))
                     listed = await client.list_tools()
                     self._absorb(listed.tools)
                     self._client, attempt, self.last_error = client, 0, None
+                    self._connected.set()
                     self._ready.set()
                     log.info("MCP server %s connected: %d tools", self.name, len(self.tools))
-                    await self._stop.wait()
-                    return
+                    await self._watch(client)
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # anyio wraps failures in exception groups
                 self.last_error = _describe(exc)
             finally:
                 self._client = None
+                self._connected.clear()
+            if self._stop.is_set():
+                return
             delay = RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)]
             attempt += 1
             log.warning("MCP server %s unavailable (%s); reconnecting in %ss", self.name, self.last_error, delay)
             self._ready.set()  # start() waits for the first outcome, good or bad
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._retry_now.wait(), delay)
+
+    async def _watch(self, client: Any) -> None:
+        """Hold the session until the server stops, a call saw it die, or it stops answering (asked every
+        ``HEALTH_EVERY`` seconds: tools it adds meanwhile are offered from then on)."""
+        stop, lost = asyncio.ensure_future(self._stop.wait()), asyncio.ensure_future(self._lost.wait())
+        try:
+            while True:
+                await asyncio.wait({stop, lost}, timeout=HEALTH_EVERY, return_when=asyncio.FIRST_COMPLETED)
+                if stop.done():
+                    return
+                if lost.done():
+                    self.last_error = self.last_error or "the connection was lost"
+                    return
+                try:
+                    async with asyncio.timeout(HEALTH_TIMEOUT):  # a round trip (ping is deprecated in MCP 2)
+                        listed = await client.list_tools(cache_mode="bypass")
+                except asyncio.CancelledError:
+                    raise
+                except BaseException as exc:
+                    self.last_error = f"no answer when asked for its tools ({_describe(exc)})"
+                    return
+                self._absorb(listed.tools)
+        finally:
+            for waiter in (stop, lost):
+                waiter.cancel()
 
     def _absorb(self, listed: list) -> None:
         for tool in listed:
             if self.allow is not None and tool.name not in self.allow:
                 continue
             name = f"{self.name}__{tool.name}"
+            if not _API_NAME.match(name):
+                # MCP allows names (dots, slashes, any length) that the Messages API refuses: declaring one would
+                # fail every request of every reply.
+                if name not in self._refused:
+                    self._refused.add(name)
+                    log.warning("MCP server %s: its tool %r is not offered (the Messages API allows tool names of "
+                                "letters, digits, _ and - up to 64 characters, prefix included)", self.name,
+                                tool.name[:100])
+                continue
             if name in self.tools:
                 self.tools[name].schema = tool.input_schema or {"type": "object", "properties": {}}
                 continue
@@ -119,14 +174,43 @@ class McpServer:
     async def call(self, tool: str, arguments: dict[str, Any]) -> ToolOutput:
         client = self._client
         if client is None:
+            client = await self._reconnected()
+        if client is None:
             raise ToolFailed(f"the MCP server {self.name} is unavailable ({self.last_error or 'not connected'})")
         try:
             result = await client.call_tool(tool, arguments)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
+            if _connection_lost(exc) and client is self._client:
+                # Later calls wait for the keeper's new session rather than use this dead one.
+                self._client = None
+                self._connected.clear()
+                self.last_error = f"the connection was lost ({_describe(exc)})"
+                self._lost.set()
             raise ToolFailed(f"the MCP server {self.name} failed ({_describe(exc)})") from None
         return ToolOutput(_content(result), is_error=bool(result.is_error))
+
+    async def _reconnected(self) -> Any:
+        """The session, once the keeper has one again (at most ``CALL_CONNECT_WAIT`` from now), or None."""
+        if self._keeper is None or self._keeper.done():
+            return None
+        self._retry_now.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._connected.wait(), CALL_CONNECT_WAIT)
+        return self._client
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether a failed call means the session is gone (rather than the server refusing this one call)."""
+    from mcp.shared.exceptions import MCPError
+    from mcp_types import CONNECTION_CLOSED
+
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    if isinstance(exc, MCPError):
+        return exc.code == CONNECTION_CLOSED
+    return True  # a transport failure (a closed stream, a refused connection, a broken pipe)
 
 
 def _describe(exc: BaseException) -> str:

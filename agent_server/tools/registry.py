@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,22 @@ def _flag(entry: dict, key: str, where: str) -> bool:
     if not isinstance(value, bool):
         raise ToolConfigError(f"{where}: {key} must be true or false")
     return value
+
+
+class LiveNames(Collection[str]):
+    """A registry's tool names as they are now (a ``Collection``, so validation can test and list them)."""
+
+    def __init__(self, registry: ToolRegistry):
+        self._registry = registry
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self._registry.get(name) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._registry.names())
+
+    def __len__(self) -> int:
+        return len(self._registry.tools)
 
 
 class ToolRegistry:
@@ -174,9 +191,9 @@ class ToolRegistry:
                 return server.tools[name]
         return None
 
-    def declared_names(self) -> set[str]:
-        """Names a request may ask for: every tool, and every MCP server's prefix (its tools come and go)."""
-        return set(self.tools)
+    def live_names(self) -> LiveNames:
+        """The names a request may ask for, read at each request: MCP servers' tools come and go."""
+        return LiveNames(self)
 
     def definitions(self, names: list[str] | None) -> list[dict]:
         tools = self.tools
