@@ -9,7 +9,10 @@ none on how long a head may take or how many connections may be open. Here:
   being made): a client that sends one header line every 10 s, or nothing at all, gets 408 and is closed;
 - at most ``AGENT_MAX_CONNECTIONS`` connections are open per process (default: below the descriptor limit,
   so that other clients and the database always have descriptors left); a connection over the bound gets 503
-  at once, with one warning line every few seconds while it lasts.
+  at once, with one warning line every few seconds while it lasts;
+- a client that stops reading (the socket's write buffer stays full for ``AGENT_SLOW_CLIENT_SECONDS``) is cut:
+  what it was following goes on without it (a reply is not the connection's), and it can resume. This holds for
+  HTTP (an event stream) and WebSocket connections alike: the same guard is on both protocols.
 
 The answers are written straight to the socket, with the error envelope and an ``X-Request-ID``.
 """
@@ -24,6 +27,7 @@ import secrets
 import time
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 MAX_HEADER_BYTES = 64 * 1024
 _HEAD_END = b"\r\n\r\n"
@@ -54,6 +58,7 @@ class _Bounds:
 
     header_timeout: float = 5.0
     max_connections: int = 1000
+    slow_client: float = 30.0
     loaded = False
 
     @classmethod
@@ -65,6 +70,7 @@ class _Bounds:
         settings = get_settings()
         cls.header_timeout = settings.header_timeout_seconds
         cls.max_connections = settings.max_connections or default_max_connections()
+        cls.slow_client = settings.slow_client_seconds
         cls.loaded = True
 
 
@@ -87,7 +93,42 @@ class _Warnings:
             cls.last, cls.refused = now, 0
 
 
-class LimitedHttpToolsProtocol(HttpToolsProtocol):
+class _StallGuard:
+    """Aborts the connection when its write buffer has stayed full (the client stopped reading) too long."""
+
+    _stall_timer: asyncio.TimerHandle | None = None
+    transport: asyncio.Transport
+
+    def pause_writing(self) -> None:
+        super().pause_writing()  # type: ignore[misc]
+        if self._stall_timer is None:
+            _Bounds.load()
+            self._stall_timer = asyncio.get_running_loop().call_later(_Bounds.slow_client, self._stalled)
+
+    def resume_writing(self) -> None:
+        self._cancel_stall()
+        super().resume_writing()  # type: ignore[misc]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_stall()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def _cancel_stall(self) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+
+    def _stalled(self) -> None:
+        self._stall_timer = None
+        log.info("a client stopped reading for %g s: its connection is closed", _Bounds.slow_client)
+        self.transport.abort()
+
+
+class LimitedWebSocketsProtocol(_StallGuard, WebSocketsSansIOProtocol):
+    pass
+
+
+class LimitedHttpToolsProtocol(_StallGuard, HttpToolsProtocol):
     _head_bytes = 0
     _in_head = True
     _tail = b""

@@ -4,6 +4,7 @@ PATCH (title) and DELETE /conversations/{id}, GET /export (NDJSON)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -11,15 +12,16 @@ from starlette.responses import Response, StreamingResponse
 from .. import errors
 from ..db import reads
 from ..db.reads import Totals
-from ..jsonenc import dumps
 from .body import read_json_object
 from .context import caller, runtime_of
 from .responses import PlainJSONResponse as JSONResponse
-from .serialize import audit, conversation_summary, turn
+from .serialize import audit, audit_chunks, conversation_summary, turn
 
 MAX_PAGE = 200
-# An audit this many turns long is encoded off the event loop (a big history takes tens of milliseconds).
-ENCODE_OFF_LOOP = 200
+# An audit this large (turns, or characters of content) is sent in pieces, its stored blocks spliced in undecoded: one
+# encoding of a big history holds the event loop (and the GIL, even on a thread) for every other client.
+OFF_LOOP_TURNS = 200
+OFF_LOOP_CHARS = 1_000_000
 
 
 def _whole_number(raw: str | None, name: str, *, default: int, low: int, high: int) -> int:
@@ -31,18 +33,26 @@ def _whole_number(raw: str | None, name: str, *, default: int, low: int, high: i
     return int(raw)
 
 
-class RawJSON(JSONResponse):
-    def render(self, content) -> bytes:  # type: ignore[no-untyped-def]
-        return content if isinstance(content, bytes) else super().render(content)
+async def _encoded(pieces) -> AsyncIterator[bytes]:  # type: ignore[no-untyped-def]
+    """Pieces of JSON, encoded a few at a time with the event loop free in between."""
+    pending, size = [], 0
+    for piece in pieces:
+        pending.append(piece)
+        size += len(piece)
+        if size > 256 * 1024:
+            yield "".join(pending).encode()
+            pending, size = [], 0
+            await asyncio.sleep(0)
+    if pending:
+        yield "".join(pending).encode()
 
 
 async def get_conversation(request: Request) -> JSONResponse:
     owner = caller(request)
     value = await runtime_of(request).conversations.audit(owner=owner, conversation_id=request.path_params["id"])
-    payload = audit(value)
-    if len(value.turns) >= ENCODE_OFF_LOOP:
-        return RawJSON(await asyncio.to_thread(lambda: dumps(payload).encode()))
-    return JSONResponse(payload)
+    if len(value.turns) >= OFF_LOOP_TURNS or sum(len(t.content_blocks or "") for t in value.turns) > OFF_LOOP_CHARS:
+        return StreamingResponse(_encoded(audit_chunks(value)), media_type="application/json")
+    return JSONResponse(audit(value))
 
 
 async def get_turns(request: Request) -> JSONResponse:
@@ -92,7 +102,8 @@ async def export(request: Request) -> StreamingResponse:
 
     async def lines():  # type: ignore[no-untyped-def]
         async for value in runtime.conversations.export(owner=owner):
-            yield (dumps(audit(value)) + "\n").encode()
+            async for chunk in _encoded([*audit_chunks(value), "\n"]):
+                yield chunk
 
     return StreamingResponse(lines(), media_type="application/x-ndjson",
                              headers={"Content-Disposition": 'attachment; filename="conversations.ndjson"'})

@@ -267,6 +267,39 @@ class ReplyStatusOut(BaseModel):
     finished_at: str | None
 
 
+class TitleIn(BaseModel):
+    title: str
+
+
+class UsageGroup(BaseModel):
+    group: str | None
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int
+    cache_read_input_tokens: int
+    server_tool_uses: int
+    cost_usd: float | None
+
+
+class UsageTotals(BaseModel):
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int
+    cache_read_input_tokens: int
+    server_tool_uses: int
+    cost_usd: float | None
+
+
+class UsageReport(BaseModel):
+    owner: str
+    since: str
+    until: str
+    groups: list[UsageGroup]
+    totals: UsageTotals
+
+
 class Health(BaseModel):
     status: str
     offline_stub: bool
@@ -275,8 +308,8 @@ class Health(BaseModel):
 
 MODELS: list[type[BaseModel]] = [
     AgentRequest, AgentResponse, BackgroundReply, ErrorEnvelope, ConversationOut, ConversationList, TurnPageOut,
-    ReplyStatusOut, Health, StreamStart, StreamToken, ToolUseOut, ToolResultOut, StepOut, RequiresActionOut,
-    StreamDone, CancelledOut,
+    ReplyStatusOut, Health, TitleIn, UsageReport, StreamStart, StreamToken, ToolUseOut, ToolResultOut, StepOut,
+    RequiresActionOut, StreamDone, CancelledOut,
 ]
 REPLY_EVENTS = [("start", StreamStart), ("token", StreamToken), ("thinking", StreamToken), ("tool_use", ToolUseOut),
                 ("tool_result", ToolResultOut), ("step", StepOut), ("requires_action", RequiresActionOut),
@@ -376,17 +409,48 @@ def build_spec() -> dict:
                                _query("before", {"type": "string"})],
                 "responses": {"200": _json(ConversationList, "One page"), **_errors(401, 422)},
             }},
-            "/conversations/{id}": {"get": {
-                "operationId": "getConversation", "summary": "Audit: every turn, call, tool run and reply",
-                "security": secured, "parameters": [_id()],
-                "responses": {"200": _json(ConversationOut, "The conversation"), **_errors(401, 404)},
-            }},
+            "/conversations/{id}": {
+                "get": {
+                    "operationId": "getConversation", "summary": "Audit: every turn, call, tool run and reply",
+                    "security": secured, "parameters": [_id()],
+                    "responses": {"200": _json(ConversationOut, "The conversation"), **_errors(401, 404)},
+                },
+                "patch": {
+                    "operationId": "renameConversation", "summary": "Set the title", "security": secured,
+                    "parameters": [_id()],
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(TitleIn)}}},
+                    "responses": {"200": _json(ConversationSummary, "The conversation, as in the list"),
+                                  **_errors(400, 401, 404, 413, 422)},
+                },
+                "delete": {
+                    "operationId": "deleteConversation", "summary": "Delete every piece of its content",
+                    "security": secured, "parameters": [_id()],
+                    "responses": {"204": {"description": "Deleted"}, **_errors(401, 404, 503)},
+                },
+            },
             "/conversations/{id}/turns": {"get": {
                 "operationId": "getTurns", "summary": "History in pages: the newest turns before a seq",
                 "security": secured,
                 "parameters": [_id(), _query("before", {"type": "integer", "minimum": 1}),
                                _query("limit", {"type": "integer", "minimum": 1, "maximum": 200})],
                 "responses": {"200": _json(TurnPageOut, "One page, oldest first"), **_errors(401, 404, 422)},
+            }},
+            "/export": {"get": {
+                "operationId": "export", "summary": "Every conversation of the caller, one audit a line",
+                "security": secured,
+                "responses": {"200": {"description": "NDJSON, streamed",
+                                      "content": {"application/x-ndjson": {"schema": {"type": "string"}}}},
+                              **_errors(401)},
+            }},
+            "/usage": {"get": {
+                "operationId": "usage", "summary": "Spend by day, model, conversation (admin keys: by owner)",
+                "security": secured,
+                "parameters": [_query("since", {"type": "string", "format": "date"}),
+                               _query("until", {"type": "string", "format": "date"}),
+                               _query("group_by", {"type": "string",
+                                                   "enum": ["day", "model", "conversation", "owner"]}),
+                               _query("owner", {"type": "string"})],
+                "responses": {"200": _json(UsageReport, "The report"), **_errors(401, 422)},
             }},
             "/healthz": {"get": {"operationId": "healthz", "responses": {"200": _json(Health, "Up")}}},
             "/readyz": {"get": {"operationId": "readyz", "responses": {

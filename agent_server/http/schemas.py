@@ -6,17 +6,23 @@ tools) are checked against the validation context that ``body.validate`` passes 
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
+from ..text import not_unicode, unstorable
 
-class Limits(BaseModel):
+
+@dataclass(frozen=True)
+class Limits:
     models: frozenset[str]
     max_tokens: int
     max_message_chars: int
     default_max_tokens: int = 1024
-    tools: frozenset[str] = frozenset()
+    # A live view, not a snapshot: an MCP server that connects (or adds a tool) after start-up is offered at once.
+    tools: Collection[str] = frozenset()
 
 
 def _limits(info: ValidationInfo) -> Limits | None:
@@ -25,10 +31,16 @@ def _limits(info: ValidationInfo) -> Limits | None:
 
 
 def _encodable(value: str) -> str:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("contains a lone surrogate (not valid Unicode)") from None
+    problem = not_unicode(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+def _storable(value: str) -> str:
+    problem = unstorable(value)
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 
@@ -65,7 +77,7 @@ def _check_tools(value: list[str] | None, info: ValidationInfo) -> list[str] | N
     return value
 
 
-Text = Annotated[str, AfterValidator(_encodable)]
+Text = Annotated[str, AfterValidator(_storable)]
 Message = Annotated[str, Field(min_length=1, description="The user's message."), AfterValidator(_check_message)]
 ModelName = Annotated[
     str | None, Field(default=None, description="One of the allowed models."), AfterValidator(_check_model)
@@ -141,6 +153,9 @@ class ReplyOptions(BaseModel):
         if self.tool_choice is not None and self.tool_choice.type == "tool" and limits is not None:
             if self.tool_choice.name not in limits.tools:
                 raise ValueError(f"tool_choice names an unknown tool {str(self.tool_choice.name)[:64]!r}")
+        if self.tool_choice is not None and self.tool_choice.type == "tool" and self.tools is not None:
+            if self.tool_choice.name not in self.tools:
+                raise ValueError(f"tool_choice names {str(self.tool_choice.name)[:64]!r}, which tools does not offer")
         return self
 
 

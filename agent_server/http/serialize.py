@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import datetime
 from decimal import Decimal
 
 from ..db.reads import ConversationRecord, Totals
+from ..jsonenc import dumps
 from ..money.prices import from_nano, to_nano
 
 
@@ -23,18 +25,20 @@ def _json(text: str | None, default=None):  # type: ignore[no-untyped-def]
     return default if text is None else json.loads(text)
 
 
-def turn(row) -> dict:  # type: ignore[no-untyped-def]
-    return {
+def turn(row, *, with_blocks: bool = True) -> dict:  # type: ignore[no-untyped-def]
+    shaped = {
         "id": row.id,
         "seq": row.seq,
         "role": row.role,
         "content": row.content,
-        "blocks": _json(row.content_blocks, []),
         "status": row.status,
         "reply_id": row.reply_id,
         "step": row.step,
         "created_at": timestamp(row.created_at),
     }
+    if with_blocks:
+        shaped["blocks"] = _json(row.content_blocks, [])
+    return shaped
 
 
 def upstream_call(row) -> dict:  # type: ignore[no-untyped-def]
@@ -90,8 +94,12 @@ def tool_run(row) -> dict:  # type: ignore[no-untyped-def]
     }
 
 
-def reply_row(row) -> dict:  # type: ignore[no-untyped-def]
+def reply_row(row, decided_at: datetime | None = None) -> dict:  # type: ignore[no-untyped-def]
+    """``waited_ms``: how long a reply that paused for actions waited for their answers (``decided_at``: the
+    last of its decisions; None while they are still awaited, and for a reply that did not pause)."""
     waited = None
+    if decided_at is not None and row.finished_at is not None and row.status == "requires_action":
+        waited = max(round((decided_at - row.finished_at).total_seconds() * 1000), 0)
     return {
         "id": row.id,
         "status": row.status,
@@ -107,6 +115,20 @@ def reply_row(row) -> dict:  # type: ignore[no-untyped-def]
         "finished_at": timestamp(row.finished_at),
         "waited_ms": waited,
     }
+
+
+def waited_of(value) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """Per paused reply, how long it waited for its actions: from the pause to the last decision (or now)."""
+    from ..db.models import utcnow
+
+    spans: dict[str, tuple] = {}
+    for run in value.tool_runs:
+        if run.action is None:
+            continue
+        start, end = spans.get(run.reply_id, (run.created_at, None))
+        decided = run.decided_at or utcnow()
+        spans[run.reply_id] = (min(start, run.created_at), decided if end is None else max(end, decided))
+    return {reply_id: round((end - start).total_seconds() * 1000) for reply_id, (start, end) in spans.items()}
 
 
 def totals(value: Totals) -> dict:
@@ -133,8 +155,18 @@ def conversation_summary(record: ConversationRecord, value: Totals) -> dict:
     }
 
 
+def _decided(tool_runs) -> dict[str, datetime]:  # type: ignore[no-untyped-def]
+    """The time of each paused reply's last decision, by reply id (for ``waited_ms``)."""
+    decided: dict[str, datetime] = {}
+    for run in tool_runs:
+        if run.decided_at is not None:
+            decided[run.reply_id] = max(decided.get(run.reply_id, run.decided_at), run.decided_at)
+    return decided
+
+
 def audit(value) -> dict:  # type: ignore[no-untyped-def]
     record = value.conversation
+    decided = _decided(value.tool_runs)
     return {
         "id": record.id,
         "owner": record.owner,
@@ -146,9 +178,31 @@ def audit(value) -> dict:  # type: ignore[no-untyped-def]
         "turns": [turn(row) for row in value.turns],
         "requests": [upstream_call(row) for row in value.calls],
         "tool_runs": [tool_run(row) for row in value.tool_runs],
-        "replies": [reply_row(row) for row in value.replies],
+        "replies": [reply_row(row, decided.get(row.id)) for row in value.replies],
         "totals": totals(value.totals),
     }
+
+
+def audit_chunks(value) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """The audit's JSON in pieces, each turn's stored blocks spliced in as they are (never decoded and encoded
+    again): a long history is sent without one long, loop-holding encoding, in constant memory per turn."""
+    payload = audit_head(value)
+    yield dumps(payload)[:-1] + ',"turns":['
+    for index, row in enumerate(value.turns):
+        shaped = turn(row, with_blocks=False)
+        yield ("," if index else "") + dumps(shaped)[:-1] + ',"blocks":' + (row.content_blocks or "[]") + "}"
+    yield '],"requests":' + dumps([upstream_call(row) for row in value.calls])
+    yield ',"tool_runs":' + dumps([tool_run(row) for row in value.tool_runs])
+    decided = _decided(value.tool_runs)
+    yield ',"replies":' + dumps([reply_row(row, decided.get(row.id)) for row in value.replies])
+    yield ',"totals":' + dumps(totals(value.totals)) + "}"
+
+
+def audit_head(value) -> dict:  # type: ignore[no-untyped-def]
+    record = value.conversation
+    return {"id": record.id, "owner": record.owner, "title": record.title, "model": record.model,
+            "system": record.system, "created_at": timestamp(record.created_at),
+            "updated_at": timestamp(record.updated_at)}
 
 
 def reply_status(status) -> dict:  # type: ignore[no-untyped-def]

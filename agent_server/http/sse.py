@@ -5,9 +5,9 @@ stream as soon as shutdown starts, which defeats our grace period (replies in fl
 get a final ``shutdown`` event after their partial turn is stored). Starlette's StreamingResponse pulls
 from an iterator, so tokens pushed by the reply would need a queue hop; here the producer writes events
 straight to the connection, a timer keeps idle streams alive with a comment line (a timer, not a task per
-stream: cheaper to set up on the way to the first token) and lets go of a client that stopped reading, and a
-listener stops the producer when the client disconnects. What the producer follows (a reply) is not its to
-stop: ``on_disconnect`` tells the caller the client left.
+stream: cheaper to set up on the way to the first token), and a listener stops the producer when the client
+disconnects (a client that stops reading is cut by the protocol: ``http_protocol``). What the producer follows
+(a reply) is not its to stop: ``on_disconnect`` tells the caller the client left.
 """
 
 from __future__ import annotations
@@ -22,9 +22,6 @@ from starlette.types import Receive, Scope, Send
 from ..jsonenc import dumps
 
 Emit = Callable[[bytes], Awaitable[None]]
-# A client that has not taken a single write for this long (its buffer full: it stopped reading) is let go, as if it
-# had left: whatever it follows goes on without it, and it can resume.
-SLOW_CLIENT_SECONDS = 30.0
 
 HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -41,18 +38,15 @@ def encode_event(event: str, data: dict) -> bytes:
 
 class EventStream:
     def __init__(self, producer: Callable[[Emit], Awaitable[None]], *, ping_seconds: float, headers=(),
-                 on_disconnect: Callable[[], None] | None = None, slow_client_seconds: float = SLOW_CLIENT_SECONDS):
+                 on_disconnect: Callable[[], None] | None = None):
         self._producer = producer
         self._on_disconnect = on_disconnect
-        self._slow = slow_client_seconds
         self._ping_seconds = ping_seconds
         self._headers = [*HEADERS, *headers]
         self._last_sent = time.monotonic()
         self._disconnected = False
         self._head_sent = False
         self._ping_timer: asyncio.TimerHandle | None = None
-        self._blocked_since: float | None = None
-        self._producer_task: asyncio.Task
         self._pinging: asyncio.Task | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -60,7 +54,6 @@ class EventStream:
         # (agent.py starts the upstream call before its first event), and the ping timer bounds the wait.
         producer_task = asyncio.current_task()
         assert producer_task is not None
-        self._producer_task = producer_task
 
         async def emit(chunk: bytes) -> None:
             await self._send_body(send, chunk)
@@ -105,24 +98,17 @@ class EventStream:
             self._on_disconnect()
 
     async def _send_body(self, send: Send, body: bytes, more_body: bool = True) -> None:
-        self._last_sent = self._blocked_since = time.monotonic()
+        self._last_sent = time.monotonic()
         if not self._head_sent:
             self._head_sent = True
             await send({"type": "http.response.start", "status": 200, "headers": self._headers})
         await send({"type": "http.response.body", "body": body, "more_body": more_body})
-        self._blocked_since = None
 
     def _arm_ping(self, send: Send, delay: float) -> None:
         self._ping_timer = asyncio.get_running_loop().call_later(delay, self._ping_due, send)
 
     def _ping_due(self, send: Send) -> None:
-        now = time.monotonic()
-        if self._blocked_since is not None and now - self._blocked_since > self._slow:
-            # A write has waited this long: the client stopped reading. Let it go, as if it had left.
-            self._disconnected = True
-            self._producer_task.cancel(msg="client stopped reading")
-            return
-        idle_for = now - self._last_sent
+        idle_for = time.monotonic() - self._last_sent
         if idle_for >= self._ping_seconds and (self._pinging is None or self._pinging.done()):
             self._pinging = asyncio.ensure_future(self._send_body(send, b": ping\n\n"))
             self._pinging.add_done_callback(_client_gone_is_fine)

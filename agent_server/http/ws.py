@@ -1,9 +1,10 @@
 """WebSocket /agent/ws: a chat session over one connection.
 
 Per session: this handler reads frames; a forwarder follows the current reply (started here, or found running when
-the session resumes a conversation) and writes its events as frames; a pinger keeps an idle session alive and lets
-go of a client that stopped reading. Frames are written under one lock so they never interleave. Replies run on
-their own: a socket that closes leaves its reply running (``on_disconnect: continue``) or cancels it.
+the session resumes a conversation) and writes its events as frames; a pinger keeps an idle session alive (a client
+that stops reading is cut by the protocol: ``http_protocol``). Frames are written under one lock so they never
+interleave. Replies run on their own: a socket that closes leaves its reply running (``on_disconnect: continue``)
+or cancels it.
 
 Hostile clients: malformed frames spend a per-session budget (past it: close 1008); one key holds at most
 ``AGENT_MAX_WS_SESSIONS_PER_KEY`` sessions per process; a frame over ``AGENT_MAX_BODY_BYTES`` closes with 1009.
@@ -38,7 +39,7 @@ CLOSE_POLICY = 1008
 HISTORY_TURNS = 50
 HISTORY_BYTES = 512 * 1024
 MALFORMED_BURST = 20  # malformed frames a session may send at once; one more is allowed per second after that
-SLOW_CLIENT_SECONDS = 30.0
+PAUSED_END_SECONDS = 10.0  # at most this long for a paused reply to store its end once its answers are all in
 
 
 class Budget:
@@ -74,15 +75,13 @@ class Session:
         self.closed = False
         self._lock = asyncio.Lock()
         self._last_sent = time.monotonic()
-        self._blocked_since: float | None = None
 
     # -- writing -------------------------------------------------------------------------------------------
 
     async def send_text(self, text: str) -> None:
         async with self._lock:
-            self._last_sent = self._blocked_since = time.monotonic()
+            self._last_sent = time.monotonic()
             await self.ws.send_text(text)
-            self._blocked_since = None
 
     async def send_error(self, error: errors.AgentError) -> None:
         envelope = error.envelope()
@@ -93,16 +92,9 @@ class Session:
     async def ping_forever(self) -> None:
         interval = self.runtime.settings.ws_ping_seconds
         while True:
-            now = time.monotonic()
-            if self._blocked_since is not None and now - self._blocked_since > SLOW_CLIENT_SECONDS:
-                log.info("closing a WebSocket session whose client stopped reading")
-                self.closed = True
-                with contextlib.suppress(Exception):
-                    await self.ws.close(code=CLOSE_POLICY)
-                return
-            idle_for = now - self._last_sent
+            idle_for = time.monotonic() - self._last_sent
             if idle_for < interval:
-                await asyncio.sleep(min(interval - idle_for, SLOW_CLIENT_SECONDS / 3))
+                await asyncio.sleep(interval - idle_for)
                 continue
             await self.send_text('{"type":"ping"}')
 
@@ -173,7 +165,8 @@ class Session:
             message=frame.message, conversation_id=self.conversation_id, system=None, model=frame.model,
             max_tokens=frame.max_tokens, tools=frame.tools, tool_choice=frame.tool_choice, thinking=frame.thinking,
             approvals=[], tool_results=[], background=False, on_disconnect=frame.on_disconnect)
-        await self._start(reply_request(body), frame.on_disconnect)
+        if await self._start(reply_request(body), frame.on_disconnect):
+            self.pending, self.answers = {}, {}  # the message answered them as not run
 
     async def on_answer(self, data: dict) -> None:
         model = WsApproval if data.get("type") == "approval" else WsToolResult
@@ -202,21 +195,38 @@ class Session:
         self.answers[frame.tool_use_id] = answer
         if set(self.answers) == set(self.pending):
             answers, self.pending, self.answers = list(self.answers.values()), {}, {}
-            await self._start(ReplyRequest(conversation_id=self.conversation_id, answers=answers), None)
+            if self.busy and self.forwarder is not None:
+                # Answered as soon as ``requires_action`` arrived: the paused reply is storing its end (its
+                # ``done`` comes next). Let it, rather than refuse the answers as a conflict.
+                await asyncio.wait({self.forwarder}, timeout=PAUSED_END_SECONDS)
+            if not await self._start(ReplyRequest(conversation_id=self.conversation_id, answers=answers), None):
+                await self._reload_pending()
 
-    async def _start(self, request: ReplyRequest, on_disconnect: str | None) -> None:
+    async def _reload_pending(self) -> None:
+        """After answers the server refused (answered elsewhere meanwhile, a limit): what is pending now, as
+        stored; the refused answers are forgotten (the error frame said why), so the client sends them again."""
+        if self.conversation_id is None:
+            return
+        with contextlib.suppress(errors.AgentError):
+            pending = await self.runtime.conversations.pending_actions(owner=self.owner,
+                                                                       conversation_id=self.conversation_id)
+            self.pending, self.answers = {item["tool_use_id"]: item["kind"] for item in pending}, {}
+
+    async def _start(self, request: ReplyRequest, on_disconnect: str | None) -> bool:
+        """Start a reply and follow it; False (the client got an ``error`` frame) when it could not start."""
         if self.busy:
             await self.send_error(errors.Conflict("A reply is already in progress on this session."))
-            return
+            return False
         try:
             await count_model_call(self.ws, self.owner)
             process = await self.runtime.replies.start(owner=self.owner, request=request, route="ws")
         except errors.AgentError as exc:
             await self.send_error(exc)
-            return
+            return False
         self.on_disconnect = on_disconnect or self.runtime.settings.on_disconnect
         self.conversation_id = process.conversation_id
         self.follow(process.reply_id, process.journal.follow(0), process)
+        return True
 
     async def on_cancel(self, data: dict) -> None:
         if not self.busy or self.reply_id is None:
@@ -236,8 +246,8 @@ class Session:
             return
         page = await self.runtime.conversations.turns_page(owner=self.owner, conversation_id=self.conversation_id,
                                                            before=before, limit=HISTORY_TURNS)
-        await self.send_text(frames.ws_frame("history", {"turns": [turn(t) for t in page.turns],
-                                                         "before": page.before}))
+        turns, older = await _bounded_page(page)
+        await self.send_text(frames.ws_frame("history", {"turns": turns, "before": older}))
 
     async def close(self) -> None:
         """The connection is gone: stop forwarding; cancel the reply if the client asked for that."""
@@ -277,6 +287,25 @@ def _own_origin(websocket: WebSocket) -> str | None:
     return f"{scheme}://{host}"
 
 
+async def _bounded_page(page) -> tuple[list[dict], int | None]:  # type: ignore[no-untyped-def]
+    """The newest turns of ``page`` that fit ``HISTORY_BYTES`` (at least one), built off the event loop when big:
+    a default ``websockets`` client refuses frames over 1 MiB, and older pages are a ``history`` frame away."""
+
+    def build() -> tuple[list[dict], int | None]:
+        shaped = [turn(t) for t in page.turns]
+        sizes = [len(frames.ws_frame("t", item)) for item in shaped]
+        keep, total = len(shaped), sum(sizes)
+        while keep > 1 and total > HISTORY_BYTES:
+            total -= sizes[len(shaped) - keep]
+            keep -= 1
+        kept = shaped[len(shaped) - keep:]
+        return kept, (kept[0]["seq"] if keep < len(shaped) else page.before)
+
+    if sum(len(t.content_blocks or "") + len(t.content) for t in page.turns) > HISTORY_BYTES // 4:
+        return await asyncio.to_thread(build)
+    return build()
+
+
 async def _resume(session: Session, conversation_id: str, after: int) -> bool:
     """The session frame of a stored conversation (its newest turns; a running reply followed from ``after``)."""
     runtime, owner = session.runtime, session.owner
@@ -289,11 +318,7 @@ async def _resume(session: Session, conversation_id: str, after: int) -> bool:
         await session.send_error(exc)
         await session.ws.close(code=CLOSE_NOT_FOUND)
         return False
-    turns = [turn(t) for t in page.turns]
-    before = page.before
-    while len(turns) > 1 and len(frames.ws_frame("session", {"turns": turns})) > HISTORY_BYTES:
-        before = turns[0]["seq"]
-        turns = turns[1:]
+    turns, before = await _bounded_page(page)
     reply = None
     if reply_id is not None:
         status = await runtime.replies.status(owner=owner, reply_id=reply_id)
@@ -339,12 +364,16 @@ async def _session(websocket: WebSocket, runtime, owner: str) -> None:  # type: 
     after_raw = websocket.query_params.get("after") or "0"
     after = int(after_raw) if after_raw.isascii() and after_raw.isdigit() and len(after_raw) < 12 else 0
     session = Session(websocket, owner, conversation_id)
-    if conversation_id is not None:
-        if not await _resume(session, conversation_id, after):
-            return
-    else:
-        await session.send_text(frames.ws_frame("session", {"conversation_id": None, "turns": [],
-                                                            "turns_before": None, "reply": None, "pending": None}))
+    try:
+        if conversation_id is not None:
+            if not await _resume(session, conversation_id, after):
+                return
+        else:
+            await session.send_text(frames.ws_frame("session", {"conversation_id": None, "turns": [],
+                                                                "turns_before": None, "reply": None, "pending": None}))
+    except (WebSocketDisconnect, OSError):
+        await session.close()  # the client left before its session frame went out: nothing more to do
+        return
     pinger = asyncio.create_task(session.ping_forever())
     runtime.metrics.ws_sessions.inc()
     max_bytes = runtime.settings.max_body_bytes

@@ -1,0 +1,1 @@
+"""The web page's static files (served by http/web.py)."""
