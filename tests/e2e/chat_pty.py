@@ -16,6 +16,9 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+
+from tests.conftest import ALICE
 
 WAIT = 20  # seconds: an upper bound on any single wait (the client is a fresh Python process)
 
@@ -92,3 +95,17 @@ def in_terminal(command: list[str], env: dict[str, str]) -> Iterator[Terminal]:
             proc.kill()
             proc.wait()
         os.close(master)
+
+
+def chat_command(url: str, *args: str, token: str | None = ALICE) -> list[str]:
+    """``agent-server chat`` on ``url``, with alice's key unless told otherwise."""
+    return [sys.executable, "-m", "agent_server", "chat", "--url", url, *(["--token", token] if token else []),
+            *args]
+
+
+def client_environment(folder: Path, **extra: str) -> dict[str, str]:
+    """The client's environment: none of the developer's settings, its state (the last conversation id) kept in
+    ``folder``, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENT_", "ANTHROPIC_", "XDG_"))}
+    env.update(XDG_STATE_HOME=str(folder / "state"), PYTHONUNBUFFERED="1", **extra)
+    return env
