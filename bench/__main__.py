@@ -31,10 +31,11 @@ from . import report, sysinfo
 from .procs import REPO_ROOT, Processes
 from .progress import Progress
 from .runner import Run, run_sections
-from .scenarios import fanout, history, throughput, ttft, ws
+from .scenarios import backends, caching, fanout, history, resume, throughput, tools, ttft, wrk, ws
 
 SECTIONS = {"ttft": ttft.run, "throughput": throughput.run, "fanout": fanout.run, "ws": ws.run,
-            "history": history.run}
+            "history": history.run, "tools": tools.run, "wrk": wrk.run,
+            "resume": resume.run, "caching": caching.run, "backends": backends.run}
 
 # name: (full run, --quick, type, help). Explicit flags win over both.
 KNOBS: dict[str, tuple] = {
@@ -58,6 +59,11 @@ KNOBS: dict[str, tuple] = {
     "tp_max": (200_000, 2_000, int, "throughput: at most this many requests per slice"),
     "tp_upstream": (0.0, 0.0, float, "throughput: the fake's latency for a whole reply, seconds"),
     "tp_tokens": (20, 5, int, "throughput: tokens per reply"),
+    "wrk_connections": (32, 8, int, "wrk: keep-alive connections of wrk's one thread"),
+    "wrk_seconds": (10.0, 1.0, float, "wrk: seconds per slice, whole (slices alternate server, baseline)"),
+    "wrk_rounds": (2, 1, int, "wrk: slices per target"),
+    "wrk_upstream": (0.0, 0.0, float, "wrk: the fake's latency for a whole reply, seconds"),
+    "wrk_tokens": (20, 5, int, "wrk: tokens per reply"),
     "fanout_streams": (200, 10, int, "fanout: concurrent SSE streams per wave"),
     "fanout_tokens": (200, 10, int, "fanout: tokens per stream"),
     "fanout_delay": (0.01, 0.005, float, "fanout: the fake's delay between tokens, seconds"),
@@ -74,6 +80,36 @@ KNOBS: dict[str, tuple] = {
     "history_chars": (200, 200, int, "history: characters per seeded turn"),
     "history_upstream": (0.0, 0.0, float, "history: the fake's latency for a whole reply, seconds"),
     "history_tokens": (20, 5, int, "history: tokens per reply"),
+    "history_prompt_cache": ("off", "off", str, "history: the servers' AGENT_PROMPT_CACHE ('off': the fake's model "
+                                                "of the cache, ~5 ms of its CPU per 1,000-message request with "
+                                                "breakpoints, stays out of agent_server's latency; '5m' or '1h')"),
+    "tools_steps": (5, 5, int, "tools: steps per reply (that many upstream calls: steps - 1 no-op tool calls, "
+                               "then the text)"),
+    "tools_samples": (200, 6, int, "tools: measured rounds at 1 reply (one reply per target per round)"),
+    "tools_concurrency": (16, 4, int, "tools: the concurrent level (replies at once per target)"),
+    "tools_rounds": (20, 2, int, "tools: measured rounds at the concurrent level"),
+    "tools_warmup": (3, 1, int, "tools: unmeasured rounds first, per level"),
+    "tools_upstream": (0.005, 0.002, float, "tools: the fake's time to first token of each step's call, seconds"),
+    "tools_token_delay": (0.0, 0.0, float, "tools: the fake's delay between tokens, seconds"),
+    "tools_tokens": (20, 5, int, "tools: tokens of the final text"),
+    "tools_tool": ("async", "async", str, "tools: agent_server's no-op, 'async' (on the loop, like the SDK "
+                                          "runner's) or 'sync' (a plain function: agent_server runs it in a thread)"),
+    "resume_tokens": (2000, 300, int, "resume: tokens of each finished reply that is replayed"),
+    "resume_replies": (5, 2, int, "resume: finished replies made (and replayed in turn)"),
+    "resume_samples": (20, 3, int, "resume: measured replay rounds (each: one replay, one live stream, one direct)"),
+    "resume_reconnects": (10, 2, int, "resume: reconnects to a running reply"),
+    "resume_live_tokens": (400, 100, int, "resume: tokens of the running reply that is reconnected to"),
+    "resume_token_delay": (0.005, 0.002, float, "resume: the fake's delay between that reply's tokens, seconds"),
+    "resume_read_before": (50, 20, int, "resume: events read before the client drops the connection"),
+    "caching_turns": (30, 6, int, "caching: exchanges of the conversation (each: a user message and its reply)"),
+    "caching_turn_tokens": (2000, 2000, int, "caching: tokens of each user message (about 4 characters a token)"),
+    "caching_reply_tokens": (20, 5, int, "caching: tokens of each reply"),
+    "caching_window_turns": (300, 20, int, "caching: exchanges of the conversation that outgrows the window"),
+    "caching_window_turn_tokens": (2000, 500, int, "caching: tokens of each of its user messages"),
+    "caching_window": (20000, 4000, int, "caching: that model's context window, tokens (server and fake)"),
+    "backends_ttft_samples": (200, 6, int, "backends: measured rounds at 1 stream (one request per target per round)"),
+    "backends_ttft_rounds": (8, 1, int, "backends: measured rounds at --ttft-streams streams"),
+    "backends_workers": (2, 2, int, "backends: the second worker count of the throughput phase (beside 1)"),
     "client_loop": ("uvloop", "uvloop", str, "the load generator's event loop, 'uvloop' (like the servers') or "
                                              "'asyncio'; at 1 stream it decides how the client's and the "
                                              "server's wake-ups interleave on 2 cores (see README, Performance)"),
@@ -86,14 +122,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=textwrap.fill("Sections: " + ", ".join(SECTIONS) + ". See bench/__init__.py for what each measures, and "
-               "bench/report.py for the targets. With --quick every section but history shares one set of "
-               "processes whose fake answers with a 10 ms TTFT, 2 ms between tokens and 5 tokens, so the fake's "
-               "per-section settings (--*-upstream, --*-tokens, --*-delay) do not apply. "
-               "Example: python -m bench --rev HEAD --only ttft,throughput --workers 2", width=100),
+               "bench/report.py for the targets. With --quick ttft, throughput, fanout, ws and wrk share one set of "
+               "processes whose fake answers with a 10 ms TTFT, 2 ms between tokens and 5 tokens, so those "
+               "sections' fake settings (--*-upstream, --*-tokens, --*-delay) do not apply; the other sections "
+               "start their own. wrk and backends need wrk (/usr/bin/wrk), backends and --database postgres "
+               "PostgreSQL's initdb/postgres: a section without them reports itself skipped. "
+               "Examples: python -m bench --rev HEAD --only ttft,throughput --workers 2; "
+               "python -m bench --only tools,wrk,resume,caching; python -m bench --only backends; "
+               "python -m bench --database postgres --only ttft,wrk,history", width=100),
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny counts, a few seconds per section (CI)")
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections (default: all)")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers, server and baseline alike (default 1)")
+    parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite",
+                        help="the database of every section's agent-servers: SQLite files in the work folder "
+                             "(default), or databases of a throwaway PostgreSQL cluster the run starts on 127.0.0.1 "
+                             "(bench/postgres.py; the backends section always measures both)")
+    parser.add_argument("--pg-setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="a PostgreSQL setting for that cluster (repeatable; default synchronous_commit=off, "
+                             "see bench/postgres.py)")
     parser.add_argument("--out", default=str(REPO_ROOT / "bench" / "results" / "latest.json"),
                         help="where to write the JSON result (default bench/results/latest.json)")
     parser.add_argument("--workdir", default=None, help="databases and process logs (default: a temporary folder)")
@@ -130,6 +177,10 @@ def resolve(args: argparse.Namespace) -> SimpleNamespace:
         raise SystemExit("python -m bench: --ttft-client must be 'raw' or 'httpx'")
     if plan.ttft_fake_clock not in TTFT_CLOCKS:
         raise SystemExit(f"python -m bench: --ttft-fake-clock must be one of {', '.join(TTFT_CLOCKS)}")
+    if plan.history_prompt_cache not in ("off", "5m", "1h"):
+        raise SystemExit("python -m bench: --history-prompt-cache must be 'off', '5m' or '1h'")
+    if plan.tools_tool not in ("async", "sync"):
+        raise SystemExit("python -m bench: --tools-tool must be 'async' or 'sync'")
     if plan.client_loop not in ("uvloop", "asyncio"):
         raise SystemExit("python -m bench: --client-loop must be 'uvloop' or 'asyncio'")
     if plan.ws_compression not in ("deflate", "none"):
@@ -214,7 +265,9 @@ def main(argv: list[str] | None = None) -> int:
         "machine": sysinfo.machine(), "fd_limit": list(fd_limit),
         "workers": plan.workers, "quick": plan.quick, "workdir": str(workdir),
         "client_loop": "uvloop" if _loop_factory(plan.client_loop).__module__.startswith("uvloop") else "asyncio",
-        "plan": {k: v for k, v in vars(plan).items() if k in KNOBS or k in ("only", "workers", "quick")},
+        "database": plan.database,
+        "plan": {k: v for k, v in vars(plan).items() if k in KNOBS or k in ("only", "workers", "quick", "database",
+                                                                              "pg_setting")},
     }
     progress.note(f"sections {', '.join(plan.only)}; work folder {workdir}")
     ok, interrupted, sections = False, False, {}
@@ -238,8 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(plan.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(report.readme_table(result) + "\n")  # the README's table (bench.report)
     print(report.table(result))
-    print(f"\nresult: {out}  ({meta['duration_s']} s, {meta['machine']['nproc']} CPUs: {meta['machine']['cpu_model']})")
+    print(f"\nresult: {out} (README table: {out.with_suffix('.md').name})  ({meta['duration_s']} s, "
+          f"{meta['machine']['nproc']} CPUs: {meta['machine']['cpu_model']})")
     return 0 if ok else 1
 
 

@@ -6,6 +6,13 @@ limits, no audit); ``POST /agent`` calls ``messages.create`` and returns JSON; `
 ``token``, ``done``); ``/agent/ws`` streams replies as JSON frames like agent_server's WebSocket. It reads
 ``ANTHROPIC_API_KEY`` and ``ANTHROPIC_BASE_URL`` as the SDK does.
 
+``POST /agent/tools`` runs a whole tool-using reply with the SDK's own tool runner
+(``client.beta.messages.tool_runner`` and a ``@beta_async_tool`` no-op, the async twin of ``@beta_tool``): in
+memory, no persistence, every call streamed like agent_server's (``"stream": false`` for non-streamed calls), with
+``thread=False`` (this SDK otherwise keeps the conversation upstream, in a server-side thread, and sends only the
+new messages; agent_server and the fake send the whole history). The ``tools`` section compares it with
+agent_server's reply loop.
+
 ``POST /_bench/seed`` (benchmark only) stores a conversation built from the given messages, so the
 history benchmark can ask both servers for a reply on the same history.
 
@@ -21,7 +28,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 
-from anthropic import AsyncAnthropic
+from anthropic import AsyncAnthropic, beta_async_tool
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
@@ -115,6 +122,29 @@ async def agent_ws(websocket: WebSocket) -> None:
         pass
 
 
+@beta_async_tool
+async def noop(value: str = "") -> str:
+    """Does nothing and says so."""
+    return "ok"
+
+
+async def agent_tools(request: Request) -> JSONResponse:
+    body = await request.json()
+    client: AsyncAnthropic = request.app.state.client
+    stream = body.get("stream", True)
+    runner = client.beta.messages.tool_runner(
+        model=body.get("model") or MODEL, max_tokens=body.get("max_tokens") or MAX_TOKENS, tools=[noop],
+        messages=[{"role": "user", "content": body["message"]}], stream=stream, thread=False,
+        max_iterations=body.get("max_steps") or 10,
+    )
+    steps, final = 0, None
+    async for item in runner:
+        steps += 1
+        final = await item.get_final_message() if stream else item
+    text = "".join(block.text for block in final.content if block.type == "text") if final else ""
+    return JSONResponse({"content": text, "steps": steps, "stop_reason": final.stop_reason if final else None})
+
+
 async def seed(request: Request) -> JSONResponse:
     body = await request.json()
     conversation_id, history = _conversation(request.app, None)
@@ -130,6 +160,7 @@ app = Starlette(
     routes=[
         Route("/agent", agent, methods=["POST"]),
         Route("/agent/stream", agent_stream, methods=["POST"]),
+        Route("/agent/tools", agent_tools, methods=["POST"]),
         WebSocketRoute("/agent/ws", agent_ws),
         Route("/_bench/seed", seed, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),

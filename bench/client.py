@@ -47,6 +47,15 @@ def http_client(timeout: float) -> httpx.AsyncClient:
     )
 
 
+def without_id(event: bytes) -> bytes:
+    """An SSE event without its leading ``id:`` line (agent_server's events carry one since version 2; the
+    baseline's and the fake's do not), so that events are told apart by their ``event:`` line alone."""
+    if event.startswith(b"id:"):
+        end = event.find(b"\n")
+        return event[end + 1:] if end >= 0 else b""
+    return event
+
+
 @dataclass
 class StreamResult:
     ok: bool
@@ -79,6 +88,7 @@ async def sse_stream(client: httpx.AsyncClient, target: Target, body: dict, *, g
                 buffer += chunk
                 *events, buffer = buffer.split(b"\n\n")
                 for event in events:
+                    event = without_id(event)
                     if event.startswith(target.token_event):
                         if result.tokens == 0:
                             result.ttft = now - started

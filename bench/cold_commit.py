@@ -1,19 +1,22 @@
 """What the user-turn commit costs in a busy process and in one that was idle: ``python -m bench.cold_commit``.
 
-Runs agent_server's own opening transaction (``service._begin_reply``: a new conversation with its reply
-lock and the user turn) on the event loop's kind of connection (``open_writer(on_loop=True)``), on a
-migrated database, back to back and after a pause before each, and prints the median time of each step.
-The benchmark's 1-stream TTFT figure sends one request at a time, so the server is idle before each: this
-shows why the commit it makes before the upstream request costs several times what it costs under load.
+Runs agent_server's own opening transaction (``service/opening.py: open_reply``: a new conversation with its
+reply lease, the reply's row, the user turn and the first call's ledger row) on the SQLite side's event-loop
+connection (``db/sqlite.py``: ``BEGIN IMMEDIATE``, the statements, ``COMMIT``, as ``SqliteDatabase._run`` does), on
+a migrated database, back to back and after a pause before each, and prints the median time of each step. The
+benchmark's 1-stream TTFT figure sends one request at a time, so the server is idle before each: this shows why
+the commit it makes before the upstream request costs several times what it costs under load.
 
-``--turns N`` continues a stored conversation of N turns instead (``bench.seed``, 200 characters a turn):
-the transaction then also checks the conversation, takes its lock and reads its whole history. The lock
-is given back after each sample, outside the timing.
+``--turns N`` continues a stored conversation of N turns instead (``bench.seed``, 200 characters a turn): the
+transaction then also locks the conversation, takes its lease and reads the last seq; since version 2 the history
+itself is read after the commit, in a read transaction (``ReplyProcess._prepare``: ``reads.history`` on the reader
+pool, a thread), timed as one more row. The lease is given back after each sample, outside the timing.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import statistics
 import subprocess
@@ -23,58 +26,75 @@ import time
 from pathlib import Path
 
 
-def _steps(conn, begin_reply, params, reply_lock, utcnow, holder) -> dict[str, float]:
-    """One opening transaction, timed step by step (seconds); a continued conversation's lock is given back."""
+async def _steps(db, conversation_id: str | None, holder) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """One opening transaction, timed step by step (seconds); a continued conversation's lease is given back."""
+    from agent_server.db import lease, reads
+    from agent_server.db.models import new_id, utcnow
+    from agent_server.db.sqlite import _LoopConnection
+    from agent_server.engine import blocks as b
+    from agent_server.service.opening import open_reply
+
+    conn = db._loop_conn  # the connection SqliteDatabase._run writes on, on the event loop
+    token = lease.new_token()
+    prompt = b.encode(b.text_blocks("hello"))
     marks = [("start", time.perf_counter())]
-    conn.execute("BEGIN IMMEDIATE")
+    outer = conn.begin()  # BEGIN IMMEDIATE (the engine's "begin" listener)
     marks.append(("BEGIN IMMEDIATE", time.perf_counter()))
-    token = reply_lock.new_token()
-    opened = begin_reply(conn, owner="bench", params=params, default_model="claude-sonnet-5-5", token=token,
-                         holder=holder, now=utcnow())
+    opened = await open_reply(_LoopConnection(conn), owner="bench", conversation_id=conversation_id, system=None,
+                              model=None, default_model="claude-sonnet-5-5", prompt_blocks=prompt, answers=[],
+                              reply_id=new_id("reply"), call_id=new_id("call"), token=token, holder=holder,
+                              route="stream", now=utcnow())
     marks.append(("reads, inserts, their Python", time.perf_counter()))
-    conn.execute("COMMIT")
+    outer.commit()
     marks.append(("COMMIT", time.perf_counter()))
     steps = {name: end - start for (_, start), (name, end) in zip(marks, marks[1:])}
     steps["whole transaction"] = marks[-1][1] - marks[0][1]
-    if params.conversation_id is not None:
-        conn.execute("BEGIN IMMEDIATE")
-        reply_lock.release(conn, conversation_id=opened[0], token=token, now=utcnow())
-        conn.execute("COMMIT")
+    if opened.before_seq is not None:
+        started = time.perf_counter()
+        async with db.read() as reader:
+            await reads.history(reader, conversation_id=opened.conversation_id, from_seq=opened.context_from_seq,
+                                before_seq=opened.before_seq)
+        steps["history read (after)"] = time.perf_counter() - started
+        outer = conn.begin()
+        await lease.release(_LoopConnection(conn), conversation_id=opened.conversation_id, token=token, now=utcnow())
+        outer.commit()
     return steps
 
 
-def measure(samples: int, pause: float, turns: int = 0) -> dict[str, dict[str, float]]:
-    from agent_server.db import reply_lock
-    from agent_server.db.engine import open_writer
-    from agent_server.db.models import utcnow
-    from agent_server.service import ReplyParams, _begin_reply
+async def _measure(url: str, conversation_id: str | None, samples: int, pause: float) -> dict[str, dict[str, float]]:
+    from agent_server.db import lease, open_database
 
+    db = open_database(url)
+    holder = lease.this_process()
+    try:
+        for _ in range(50):  # warm-up
+            await _steps(db, conversation_id, holder)
+        result = {}
+        for label, wait in (("back to back", 0.0), (f"after a {pause * 1000:.0f} ms pause", pause)):
+            runs = []
+            for _ in range(samples):
+                if wait:
+                    time.sleep(wait)  # idle, as the server is between two 1-stream requests
+                runs.append(await _steps(db, conversation_id, holder))
+            result[label] = {name: statistics.median(run[name] for run in runs) for name in runs[0]}
+        return result
+    finally:
+        await db.dispose()
+
+
+def measure(samples: int, pause: float, turns: int = 0) -> dict[str, dict[str, float]]:
     with tempfile.TemporaryDirectory(prefix="cold-commit-") as folder:
         url = f"sqlite+aiosqlite:///{Path(folder) / 'agent.db'}"
+        env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
         subprocess.run([sys.executable, "-m", "agent_server", "migrate"], check=True, capture_output=True,
-                       env={**os.environ, "DATABASE_URL": url})
+                       env={**env, "DATABASE_URL": url})
         conversation_id = None
         if turns:
             from . import seed
 
-            conversation_id = seed.add_conversations(Path(folder) / "agent.db", count=1, turns=turns, chars=200)[0]
-        conn = open_writer(url, on_loop=True)
-        holder = reply_lock.this_process()
-        params = ReplyParams(message="hello", conversation_id=conversation_id)
-        try:
-            for _ in range(50):  # warm-up
-                _steps(conn, _begin_reply, params, reply_lock, utcnow, holder)
-            result = {}
-            for label, wait in (("back to back", 0.0), (f"after a {pause * 1000:.0f} ms pause", pause)):
-                runs = []
-                for _ in range(samples):
-                    if wait:
-                        time.sleep(wait)
-                    runs.append(_steps(conn, _begin_reply, params, reply_lock, utcnow, holder))
-                result[label] = {name: statistics.median(run[name] for run in runs) for name in runs[0]}
-            return result
-        finally:
-            conn.close()
+            conversation_id = seed.add_conversations(url, [{"count": 1, "turns": turns, "chars": 200}], env=env,
+                                                     cwd=Path(folder))[0][0]
+        return asyncio.run(_measure(url, conversation_id, samples, pause))
 
 
 def main(argv: list[str] | None = None) -> int:

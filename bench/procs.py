@@ -53,6 +53,7 @@ class Child:
     url: str = ""
     ready_path: str = ""
     extra: dict = field(default_factory=dict)
+    stop_signal: int = signal.SIGTERM  # PostgreSQL: SIGINT, its fast shutdown
 
     @property
     def pid(self) -> int:
@@ -78,14 +79,16 @@ class Processes:
     def __exit__(self, *exc_info: object) -> None:
         self.stop(*self._children)
 
-    def spawn(self, name: str, argv: list[str], env: dict[str, str], *, url: str = "", ready_path: str = "") -> Child:
+    def spawn(self, name: str, argv: list[str], env: dict[str, str], *, url: str = "", ready_path: str = "",
+              cwd: Path | None = None, stop_signal: int = signal.SIGTERM, **popen: object) -> Child:
+        """``popen``: more ``subprocess.Popen`` arguments (``user``, ``group``: PostgreSQL refuses to run as root)."""
         log_path = self.workdir / f"{name}.log"
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
-                argv, env=env, cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=_die_with_parent,
+                argv, env=env, cwd=cwd or self.workdir, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent, **popen,  # type: ignore[arg-type]
             )
-        child = Child(name, proc, log_path, url=url, ready_path=ready_path)
+        child = Child(name, proc, log_path, url=url, ready_path=ready_path, stop_signal=stop_signal)
         self._children.append(child)
         return child
 
@@ -93,7 +96,7 @@ class Processes:
         """SIGTERM each child's process group, then SIGKILL what is left after ``timeout`` seconds."""
         alive = [c for c in children if c.proc.poll() is None]
         for child in alive:
-            _signal_group(child, signal.SIGTERM)
+            _signal_group(child, child.stop_signal)
         deadline = time.monotonic() + timeout
         for child in alive:
             try:
@@ -142,14 +145,16 @@ def _harness_first() -> str:
 
 
 def start_fake(procs: Processes, name: str, *, ttft: float, token_delay: float, n_tokens: int,
-               ttft_from: str = "accepted", timeout: float = 30) -> Child:
+               ttft_from: str = "accepted", module: str = "agent_server.fake_upstream", extra_args: tuple = (),
+               timeout: float = 30) -> Child:
     """The fake Messages API on a port of its choosing; returns once it printed its address.
 
     Always this harness's fake, also with ``--rev``: it is part of the measuring apparatus, like the
-    baseline proxy, so two revisions are measured against the same upstream."""
-    argv = [sys.executable, "-m", "agent_server.fake_upstream", "--host", "127.0.0.1", "--port", "0",
+    baseline proxy, so two revisions are measured against the same upstream. ``module``: another entry point
+    that prints the same line (``bench.fake_agent``: the fake with a model that asks for tools)."""
+    argv = [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", "0",
             "--ttft", str(ttft), "--token-delay", str(token_delay), "--n-tokens", str(n_tokens),
-            "--ttft-from", ttft_from, "--log-level", "warning"]
+            "--ttft-from", ttft_from, "--log-level", "warning", *map(str, extra_args)]
     child = procs.spawn(name, argv, clean_env(PYTHONPATH=_harness_first()))
     deadline = time.monotonic() + timeout
     marker = "fake-upstream listening on "
@@ -164,9 +169,13 @@ def start_fake(procs: Processes, name: str, *, ttft: float, token_delay: float, 
     raise TimeoutError(f"{name} did not announce its port in {timeout}s:\n{child.log_tail()}")
 
 
-def server_env(*, fake_url: str, database_url: str, secret: str, upstream_key: str) -> dict[str, str]:
+def server_env(*, fake_url: str, database_url: str, secret: str, upstream_key: str, **extra: str) -> dict[str, str]:
+    """agent-server's environment. ``GET /metrics`` takes the client key's secret as its operator token
+    (``AGENT_METRICS_TOKEN``, version 2) and as a client key (version 1, which ignores the token), so one header
+    reads the metrics of both. ``extra``: more settings (``AGENT_TOOLS_FILE``, ``AGENT_PROMPT_CACHE``, ...)."""
     return clean_env(
         DATABASE_URL=database_url,
+        AGENT_METRICS_TOKEN=secret,
         AGENT_API_KEYS=f"bench:{secret}",
         ANTHROPIC_API_KEY=upstream_key,
         ANTHROPIC_BASE_URL=fake_url,
@@ -174,6 +183,7 @@ def server_env(*, fake_url: str, database_url: str, secret: str, upstream_key: s
         AGENT_MAX_CONCURRENT_REPLIES="100000",
         AGENT_LOG_LEVEL="warning",
         AGENT_SHUTDOWN_GRACE_SECONDS="2",
+        **extra,
     )
 
 

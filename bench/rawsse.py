@@ -15,7 +15,7 @@ import json
 import time
 from urllib.parse import urlsplit
 
-from .client import StreamResult, Target
+from .client import StreamResult, Target, without_id
 
 
 class _SSEProtocol(asyncio.Protocol):
@@ -75,6 +75,7 @@ class _SSEProtocol(asyncio.Protocol):
         *events, self.events = (self.events + payload).split(b"\n\n")
         result = self.result
         for event in events:
+            event = without_id(event)
             if event.startswith(self.target.token_event):
                 if result.tokens == 0:
                     result.ttft = now - self.started

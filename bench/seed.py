@@ -1,28 +1,32 @@
-"""Stored conversations written straight into a migrated SQLite file, much faster than through the API.
+"""Stored conversations written straight into a migrated database, much faster than through the API.
 
-Rows follow migrations/versions/0001_initial.py: ``conversations``, ``turns`` (user and assistant turns
-alternate, seq 1..n, status ``complete``) and one ``requests`` row per assistant turn, as the server
-writes them. Times use SQLAlchemy's SQLite DateTime text format.
+The rows are those agent_server writes for finished replies (version 2): ``conversations``; per exchange one
+``replies`` row (complete), the user turn (step 0) and the assistant turn (step 1), each with its content blocks
+and token estimate, and one ``requests`` row (the ledger); plus the owner's ``daily_spend``. They are built with
+agent_server's own statement builders (``db/writes.py``: ``await db.write(writes.apply, ops=[...])``) and block
+encoding (``engine/blocks.py``), on either database (``db.open_database``: SQLite or PostgreSQL). No
+``reply_events``: the server keeps those for ``AGENT_REPLY_EVENTS_HOURS`` only.
+
+Seeding runs in a child process (``add_conversations``) that imports agent_server the way the servers of the run
+do (with ``--rev``, from the snapshot), so that the rows always fit the schema being measured; this module is
+loaded there by its path, so nothing else of the harness is imported with it.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
-import sqlite3
-from datetime import UTC, datetime, timedelta
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 MODEL = "claude-sonnet-5-5"
 OWNER = "bench"
 _WORDS = ("the", "agent", "reads", "a", "long", "history", "of", "turns", "before", "it", "answers", "again")
-
-
-def _id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_urlsafe(15).replace('-', 'A').replace('_', 'z')}"
-
-
-def _stamp(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
+BATCH_ROWS = 5000  # rows per executemany, per table, in one write transaction
+_LOADER = "import runpy, sys; runpy.run_path(sys.argv[1], run_name='__main__')"
 
 
 def text(chars: int, seed: int) -> str:
@@ -40,53 +44,113 @@ def messages(turns: int, chars: int) -> list[dict]:
     return [{"role": "user" if seq % 2 else "assistant", "content": text(chars, seq)} for seq in range(1, turns + 1)]
 
 
-def add_conversations(database: Path, *, count: int, turns: int, chars: int) -> list[str]:
-    """``count`` conversations of ``turns`` complete turns each, owned by ``bench``; returns their ids."""
-    now = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=1)
-    ids: list[str] = []
-    conversations, turn_rows, request_rows = [], [], []
-    for _ in range(count):
-        conversation_id = _id("conv")
-        ids.append(conversation_id)
-        conversations.append((conversation_id, OWNER, MODEL, None, _stamp(now), _stamp(now)))
-        previous = None
-        for seq in range(1, turns + 1):
-            turn_id = _id("turn")
-            moment = _stamp(now + timedelta(milliseconds=seq))
-            role = "user" if seq % 2 else "assistant"
-            turn_rows.append((turn_id, conversation_id, seq, role, text(chars, seq), None, "complete", moment, moment))
-            if role == "assistant" and previous is not None:
-                request_rows.append((_id("call"), conversation_id, previous, turn_id, "agent", MODEL,
-                                     "req_" + secrets.token_hex(12), "ok", None, "end_turn", 25 * seq,
-                                     chars // 4, 0, None, None, 0, 1000 * seq, 900, 300, 1, moment))
-            previous = turn_id
-    with sqlite3.connect(database, timeout=60) as conn:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.executemany("INSERT INTO conversations (id, owner, model, system, created_at, updated_at) "
-                         "VALUES (?, ?, ?, ?, ?, ?)", conversations)
-        conn.executemany("INSERT INTO turns (id, conversation_id, seq, role, content, content_blocks, status, "
-                         "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", turn_rows)
-        conn.executemany(
-            "INSERT INTO requests (id, conversation_id, prompt_turn_id, turn_id, route, model, upstream_request_id, "
-            "status, error_type, stop_reason, input_tokens, output_tokens, cache_creation_input_tokens, "
-            "cache_write_5m_tokens, cache_write_1h_tokens, cache_read_input_tokens, cost_nano_usd, latency_ms, "
-            "ttft_ms, attempts, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            request_rows,
-        )
-    conn.close()
+def add_conversations(database_url: str, jobs: list[dict], *, env: dict[str, str], cwd: Path,
+                      timeout: float = 600) -> list[list[str]]:
+    """For each job ``{"count", "turns", "chars"}``, ``count`` conversations of ``turns`` complete turns owned by
+    ``bench``, written by a child process with ``env`` (its PYTHONPATH picks the agent_server); their ids, per job."""
+    payload = json.dumps({"database_url": database_url, "jobs": jobs})
+    proc = subprocess.run([sys.executable, "-c", _LOADER, str(Path(__file__).resolve())], input=payload, text=True,
+                          capture_output=True, env=env, cwd=cwd, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"seeding {jobs} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])["ids"]
+
+
+# -- the child's side: imports agent_server ---------------------------------------------------------------------
+
+
+def _conversation_rows(turns: int, chars: int, start, out: dict[str, list]) -> str:  # type: ignore[no-untyped-def]
+    from datetime import timedelta
+
+    from agent_server.db import writes
+    from agent_server.db.models import new_id
+    from agent_server.engine import blocks as b
+
+    conversation_id = new_id("conv")
+    last = start + timedelta(milliseconds=turns)
+    out["conversations"].append(writes.insert_conversation(
+        id=conversation_id, owner=OWNER, model=MODEL, system=None, title=text(min(chars, 80), 1), created_at=start,
+        updated_at=last))
+    for seq in range(1, turns + 1, 2):
+        reply_id = new_id("reply")
+        user_id, moment = f"turn_{reply_id.removeprefix('reply_')}", start + timedelta(milliseconds=seq)
+        prompt = b.encode(b.text_blocks(text(chars, seq)))
+        out["turns"].append(writes.insert_turn(
+            id=user_id, conversation_id=conversation_id, reply_id=reply_id, seq=seq, step=0, role="user",
+            content=text(chars, seq), content_blocks=prompt, tokens=b.estimate_tokens(prompt), status="complete",
+            created_at=moment, updated_at=moment))
+        answer_id = None
+        if seq + 1 <= turns:
+            answer_id = new_id("turn")
+            answer = b.encode(b.text_blocks(text(chars, seq + 1)))
+            done = start + timedelta(milliseconds=seq + 1)
+            out["turns"].append(writes.insert_turn(
+                id=answer_id, conversation_id=conversation_id, reply_id=reply_id, seq=seq + 1, step=1,
+                role="assistant", content=text(chars, seq + 1), content_blocks=answer,
+                tokens=b.estimate_tokens(answer), status="complete", created_at=done, updated_at=done))
+            out["requests"].append(writes.insert_call(
+                id=new_id("call"), conversation_id=conversation_id, owner=OWNER, reply_id=reply_id, step=1,
+                prompt_turn_id=user_id, turn_id=answer_id, route="agent", model=MODEL,
+                upstream_request_id="req_" + secrets.token_hex(12), status="ok", stop_reason="end_turn",
+                input_tokens=25 * seq, output_tokens=max(chars // 4, 1), cache_creation_input_tokens=0,
+                cache_read_input_tokens=0, cost_nano_usd=1000 * seq, latency_ms=900, ttft_ms=300, attempts=1,
+                created_at=moment))
+        out["replies"].append(writes.insert_reply(
+            id=reply_id, conversation_id=conversation_id, owner=OWNER, route="agent", model=MODEL,
+            status="complete" if answer_id else "failed", prompt_turn_id=user_id, turn_id=answer_id,
+            steps=1 if answer_id else 0, stop_reason="end_turn" if answer_id else None, last_seq=0,
+            context=b.encode({"turns_sent": seq, "turns_omitted": 0}), created_at=moment, finished_at=moment))
+    return conversation_id
+
+
+def _batched(ops: list) -> list:  # type: ignore[type-arg]
+    """Ops of one statement as executemany ops of at most BATCH_ROWS parameter sets."""
+    if not ops:
+        return []
+    statement = ops[0][0]
+    rows = [parameters for _, parameters in ops]
+    return [(statement, rows[i:i + BATCH_ROWS]) for i in range(0, len(rows), BATCH_ROWS)]
+
+
+async def _seed(database_url: str, jobs: list[dict]) -> list[list[str]]:
+    from datetime import UTC, datetime, timedelta
+
+    from agent_server.db import open_database, writes
+
+    start = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=1)
+    db = open_database(database_url)
+    ids: list[list[str]] = []
+    try:
+        for job in jobs:
+            out: dict[str, list] = {"conversations": [], "replies": [], "turns": [], "requests": []}
+            made = []
+            for _ in range(job["count"]):
+                made.append(_conversation_rows(job["turns"], job["chars"], start, out))
+                if len(out["turns"]) >= BATCH_ROWS * 4:
+                    await _store(db, writes, out)
+                    out = {key: [] for key in out}
+            await _store(db, writes, out)
+            ids.append(made)
+        await db.write(writes.add_spend, owner=OWNER, day=start.date().isoformat(), cost_nano_usd=1)
+    finally:
+        await db.dispose()
     return ids
 
 
-def checkpoint(database: Path) -> dict:
-    """Fold the WAL into the main file, then report its size and contents."""
-    conn = sqlite3.connect(database, timeout=60)
-    try:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        turns, chars = conn.execute("SELECT count(*), coalesce(sum(length(content)), 0) FROM turns").fetchone()
-        requests = conn.execute("SELECT count(*) FROM requests").fetchone()[0]
-        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-        free_pages = conn.execute("PRAGMA freelist_count").fetchone()[0]
-    finally:
-        conn.close()
-    return {"bytes": database.stat().st_size, "turns": turns, "content_chars": chars, "requests": requests,
-            "page_size": page_size, "free_pages": free_pages}
+async def _store(db, writes, out: dict[str, list]) -> None:  # type: ignore[no-untyped-def]
+    ops = [op for table in ("conversations", "replies", "turns", "requests") for op in _batched(out[table])]
+    if ops:
+        await db.write(writes.apply, ops=ops, heavy=True)
+
+
+def _main() -> None:
+    import asyncio
+
+    spec: dict[str, Any] = json.loads(sys.stdin.read())
+    os.environ.pop("DATABASE_URL", None)
+    ids = asyncio.run(_seed(spec["database_url"], spec["jobs"]))
+    print(json.dumps({"ids": ids}))
+
+
+if __name__ == "__main__":
+    _main()

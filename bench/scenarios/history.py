@@ -1,16 +1,19 @@
 """History growth: POST /agent latency on conversations of 10, 100 and 1,000 stored turns, and on a
 10-turn conversation in a database that also holds 100k other turns.
 
-Three agent-servers run at once, each on its own database seeded with sqlite3 before it starts:
+Three agent-servers run at once, each on its own database seeded (``seed``: agent_server's own statements, in a
+child process) before it starts:
 ``history`` (conversations of every size), ``tiny`` (only 10-turn conversations) and ``big`` (the same plus
 the filler turns). The baseline proxy holds the same histories in memory. Every sample continues a fresh
 conversation of its size (so a sample never sees the turns an earlier one added), and the cases are
-interleaved sample by sample. Database bytes per turn are read from the checkpointed files.
+interleaved sample by sample. Database bytes per turn are read from the checkpointed files (``dbs``).
+
+The servers run with ``AGENT_PROMPT_CACHE=off`` (``--history-prompt-cache``): with breakpoints in a request, the fake
+models the prompt cache by hashing every prefix of it, ~5 ms of its own CPU for a 1,000-message request, which
+would land in agent_server's reply latency and never in the baseline's (it sends no breakpoints).
 """
 
 from __future__ import annotations
-
-import shutil
 
 from .. import procs as p
 from .. import seed, stats
@@ -21,23 +24,27 @@ FILLER_TURNS_PER_CONVERSATION = 100
 
 
 def _seed_databases(run: Run, sizes: list[int], count: int) -> dict[str, dict[int, list[str]]]:
+    """Migrate the three databases, then write their conversations (``seed``: in a child process that imports the
+    agent_server under test)."""
     plan = run.plan
     names = ("history", "tiny", "big")
-    path = {name: run.workdir / f"{name}.db" for name in names}
-    p.migrate([run.database_url("history")], run.workdir)
-    seed.checkpoint(path["history"])  # everything in the main file before it is copied
-    for name in ("tiny", "big"):  # the same empty, migrated schema
-        shutil.copyfile(path["history"], path[name])
-    ids: dict[str, dict[int, list[str]]] = {name: {} for name in names}
-    for size in sizes:
-        ids["history"][size] = seed.add_conversations(path["history"], count=count, turns=size,
-                                                      chars=plan.history_chars)
+    urls = {name: run.db.create(name) for name in names}
+    p.migrate(list(urls.values()), run.workdir)
+    env = p.clean_env()
     filler = max(plan.history_filler // FILLER_TURNS_PER_CONVERSATION, 0)
-    if filler:
-        seed.add_conversations(path["big"], count=filler, turns=FILLER_TURNS_PER_CONVERSATION,
-                               chars=plan.history_chars)
-    for name in ("tiny", "big"):
-        ids[name][10] = seed.add_conversations(path[name], count=count, turns=10, chars=plan.history_chars)
+    jobs = {
+        "history": [{"count": count, "turns": size, "chars": plan.history_chars} for size in sizes],
+        "tiny": [{"count": count, "turns": 10, "chars": plan.history_chars}],
+        "big": [{"count": count, "turns": 10, "chars": plan.history_chars}]
+        + ([{"count": filler, "turns": FILLER_TURNS_PER_CONVERSATION, "chars": plan.history_chars}] if filler else []),
+    }
+    ids: dict[str, dict[int, list[str]]] = {name: {} for name in names}
+    for name in names:
+        made = seed.add_conversations(urls[name], jobs[name], env=env, cwd=run.workdir)
+        if name == "history":
+            ids[name] = dict(zip(sizes, made))
+        else:
+            ids[name][10] = made[0]
     return ids
 
 
@@ -58,10 +65,11 @@ async def run(run: Run) -> dict:
     count = plan.history_samples + 1  # the first conversation of each case is the warm-up
     run.progress.section("history", f"sizes {sizes}, {plan.history_samples} samples each, "
                                     f"{plan.history_filler} filler turns, ~{plan.history_chars} chars a turn")
-    run.progress.note("seeding databases with sqlite3")
+    run.progress.note(f"seeding {run.db.kind} databases")
     ids = _seed_databases(run, sizes, count)  # blocking on purpose: nothing else runs yet
-    before = {name: seed.checkpoint(run.workdir / f"{name}.db") for name in ids}
-    stack = run.stack("history", FakeSpec(plan.history_upstream, 0.0, plan.history_tokens), databases=list(ids))
+    before = {name: run.db.storage(name) for name in ids}
+    stack = run.stack("history", FakeSpec(plan.history_upstream, 0.0, plan.history_tokens), databases=list(ids),
+                      fresh=False, env={"AGENT_PROMPT_CACHE": plan.history_prompt_cache})
     try:
         async with http_client(plan.request_timeout) as client:
             proxy_ids = await _seed_proxy(client, stack.proxy.url, sizes, count, plan.history_chars)
@@ -89,7 +97,7 @@ async def run(run: Run) -> dict:
                      for name, url in scrape.items()}
     finally:
         run.release(stack)
-    after = {name: seed.checkpoint(run.workdir / f"{name}.db") for name in ids}
+    after = {name: run.db.storage(name) for name in ids}
     summary = {key: {**stats.latency_summary(values), "errors": len(errors[key]), "first_errors": errors[key][:2]}
                for key, values in latencies.items()}
     small, large = str(sizes[0]), str(sizes[-1])
@@ -117,13 +125,16 @@ async def run(run: Run) -> dict:
         "server_written_turns": grown_turns,
         "server_written_bytes_per_turn": round(grown_bytes / grown_turns, 1) if grown_turns else None,
         "server_written_chars_per_turn": round(grown_chars / grown_turns, 1) if grown_turns else None,
-        "note": "db_bytes_per_turn: checkpointed file size / turns of the big database (each assistant turn "
-                "has its requests row); server_written_*: growth of all three files during the run / turns "
-                "the servers added (page-granular)",
+        "database": run.db.kind,
+        "note": "db_bytes_per_turn: the big database's size (SQLite: the checkpointed file; PostgreSQL: its "
+                "tables with indexes and TOAST) / its turns (each exchange also has its replies and requests "
+                "rows; seeded replies have no reply_events); server_written_*: growth of all three databases "
+                "during the run / turns the servers added (page-granular; their reply_events included)",
     }
     server["server_view"] = views
     baseline["storage"] = {"db_bytes_per_turn": None, "note": "the baseline keeps conversations in memory only"}
     return {"config": {"sizes": sizes, "samples": plan.history_samples, "filler_turns": plan.history_filler,
+                       "prompt_cache": plan.history_prompt_cache,
                        "chars_per_seeded_turn": plan.history_chars, "fake_latency_ms": plan.history_upstream * 1000,
                        "reply_tokens": plan.history_tokens},
             "server": server, "baseline": baseline}

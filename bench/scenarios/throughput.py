@@ -8,7 +8,6 @@ server's figure counts only exchanges it answered 200 *and* that are in its data
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 
 from .. import stats, sysinfo
@@ -46,9 +45,13 @@ async def _slice(run: Run, client, url: str, headers: dict, *, clients: int, sec
     return {"seconds": time.perf_counter() - started, "latencies": latencies, "errors": errors}
 
 
-def _persisted(database: str) -> int:
-    with sqlite3.connect(database, timeout=30) as conn:
-        return conn.execute("SELECT count(*) FROM requests WHERE route = 'agent' AND status = 'ok'").fetchone()[0]
+PERSISTED = "SELECT count(*) FROM requests WHERE route = 'agent' AND status = 'ok'"
+
+
+def persisted(stack, name: str | None = None) -> int:  # type: ignore[no-untyped-def]
+    """Answered exchanges the server's database holds: ``requests`` rows of ``POST /agent`` that ended ``ok``."""
+    name = name or next(iter(stack.databases))
+    return int(stack.backends[name].scalar(name, PERSISTED))
 
 
 async def run(run: Run) -> dict:
@@ -57,7 +60,6 @@ async def run(run: Run) -> dict:
                                        f"per target, fake latency {plan.tp_upstream * 1000:.0f} ms")
     stack = run.stack("throughput", FakeSpec(plan.tp_upstream, 0.0, plan.tp_tokens))
     server, proxy, spec = stack.server, stack.proxy, stack.spec
-    database = str(next(iter(stack.databases.values())))
     targets = {
         "server": (server, f"{server.url}/agent", run.auth),
         "baseline": (proxy, f"{proxy.url}/agent", {}),
@@ -68,7 +70,7 @@ async def run(run: Run) -> dict:
         async with http_client(plan.request_timeout) as client:
             for name, (_, url, headers) in targets.items():  # warm-up: connections, imports, caches
                 await asyncio.gather(*(post_json(client, url, {"message": "warm-up"}, headers) for _ in range(4)))
-            warm_rows = _persisted(database)
+            warm_rows = persisted(stack)
             with run.profiler("throughput", stack) as profile:
                 for _ in range(plan.tp_rounds):
                     for name, (child, url, headers) in targets.items():
@@ -86,7 +88,7 @@ async def run(run: Run) -> dict:
                         total["seconds"] += part["seconds"]
                         total["latencies"] += part["latencies"]
                         total["errors"] += part["errors"]
-        persisted = _persisted(database) - warm_rows
+        persisted_rows = persisted(stack) - warm_rows
     finally:
         run.release(stack)
     result: dict = {"config": {"clients": plan.tp_clients, "seconds_per_slice": plan.tp_seconds,
@@ -96,7 +98,7 @@ async def run(run: Run) -> dict:
     for name, total in totals.items():
         completed = len(total["latencies"])
         if name == "server":
-            completed = min(completed, persisted)  # answered 200 and found in the database
+            completed = min(completed, persisted_rows)  # answered 200 and found in the database
         result[name] = {
             "completed": completed,
             "answered_200": len(total["latencies"]),
@@ -109,7 +111,7 @@ async def run(run: Run) -> dict:
             "cpu_ms_per_exchange": round(1000 * total["cpu_s"] / completed, 3) if completed else None,
             "client_cpu_s": round(total["client_cpu_s"], 3),
         }
-    result["server"]["persisted_rows"] = persisted
+    result["server"]["persisted_rows"] = persisted_rows
     result["server"]["server_view"] = totals["server"].get("views", [])
     result["ratio"] = stats.ratio(result["server"]["per_second"], result["baseline"]["per_second"])
     if profile.summary is not None:

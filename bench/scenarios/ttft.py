@@ -45,8 +45,10 @@ def _body(target: Target) -> dict:
 
 
 async def _level(run: Run, client, targets: dict[str, Target], *, streams: int, rounds: int, warmup: int,
-                 tokens: int, fake_url: str) -> dict:
-    order = [name for name in (*ORDER, AGAINST) if name in targets]
+                 tokens: int, fake_url: str, order: list[str] | None = None) -> dict:
+    """One concurrency level, the targets interleaved round by round (``order``: default server, baseline, direct
+    and against; the ``backends`` section passes its own, which must hold ``direct`` and ``baseline``)."""
+    order = order or [name for name in (*ORDER, AGAINST) if name in targets]
     await client.post(f"{fake_url}/_fake/reset")  # its stream records become this level's, in order
     ttfts: dict[str, list[float]] = {name: [] for name in order}
     by_round: dict[str, list[list[float]]] = {name: [] for name in order}  # the same samples, round by round
@@ -87,7 +89,9 @@ async def _level(run: Run, client, targets: dict[str, Target], *, streams: int, 
             entry["overhead_p50_ms"] = stats.diff(summary["p50_ms"], direct["p50_ms"])
             entry["overhead_p99_ms"] = stats.diff(summary["p99_ms"], direct["p99_ms"])
         out[name] = entry
-    out["server"]["vs_baseline"] = compare(by_round, "server", "baseline")
+    for name in order:
+        if name not in ("baseline", "direct", AGAINST):
+            out[name]["vs_baseline"] = compare(by_round, name, "baseline")
     if AGAINST in out:
         out[AGAINST]["vs_server"] = compare(by_round, AGAINST, "server")
     return out
