@@ -19,6 +19,10 @@
 #   AGENT_USER              user to run as (agent)
 #   LITESTREAM_REPLICA_URL  e.g. s3://bucket/agent_server.db; unset: no replication
 #   LITESTREAM_CONFIG       /etc/litestream.yml (it reads LITESTREAM_DB_PATH, set here, and the replica URL)
+#   AGENT_REQUIRE_VOLUME    a folder that must be a mounted volume (fly.toml: /data): refuse to start otherwise,
+#                           rather than create a database in the image's own folder and lose it at the next deploy
+#   AGENT_MIGRATE_ON_START  1 (default): serve upgrades the schema first; 0: it does not (several machines on
+#                           PostgreSQL migrate once per release, in a release_command)
 set -eu
 
 log() { echo "agent-entrypoint: $*" >&2; }
@@ -40,6 +44,12 @@ db_path() {
 
 DB_PATH=$(db_path)
 
+if [ -n "${AGENT_REQUIRE_VOLUME:-}" ] && ! mountpoint -q "$AGENT_REQUIRE_VOLUME"; then
+    log "refusing to start: $AGENT_REQUIRE_VOLUME is not a mounted volume (fly.toml [mounts]); a database"
+    log "created there would be lost at the next deploy"
+    exit 1
+fi
+
 if [ "$(id -u)" = 0 ]; then
     if [ -n "$DB_PATH" ]; then
         data_dir=$(dirname -- "$DB_PATH")
@@ -58,6 +68,8 @@ fi
 
 host=${AGENT_HOST:-0.0.0.0}
 port=${PORT:-8080}
+migrate=""
+[ "${AGENT_MIGRATE_ON_START:-1}" = 0 ] && migrate=" --no-migrate"
 
 if [ -n "${LITESTREAM_REPLICA_URL:-}" ]; then
     if [ -n "$DB_PATH" ]; then
@@ -67,9 +79,10 @@ if [ -n "${LITESTREAM_REPLICA_URL:-}" ]; then
         log "restoring $DB_PATH from the replica if the file is missing"
         litestream restore -config "$config" -if-db-not-exists -if-replica-exists "$DB_PATH"
         log "serving under litestream replicate"
-        exec litestream replicate -config "$config" -exec "agent-server serve --host $host --port $port"
+        exec litestream replicate -config "$config" -exec "agent-server serve --host $host --port $port$migrate"
     fi
     log "LITESTREAM_REPLICA_URL is set but DATABASE_URL names no file: not replicating"
 fi
 
-exec agent-server serve --host "$host" --port "$port"
+# shellcheck disable=SC2086  # $migrate is one flag or nothing
+exec agent-server serve --host "$host" --port "$port" $migrate
