@@ -20,6 +20,9 @@ import pytest
 # (below, through the app), so a developer's shared-metrics folder must not leak into the tests.
 os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
+from sqlalchemy import create_engine, text  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
 from agent_server.app import AgentServerApp  # noqa: E402
 from agent_server.config import Settings, get_settings  # noqa: E402
 from agent_server.db.migrations import upgrade_to_head  # noqa: E402
@@ -261,3 +264,19 @@ def plain_text(value) -> str | None:  # type: ignore[no-untyped-def]
     if value is None or isinstance(value, str):
         return value
     return "".join(block["text"] for block in value if block.get("type") == "text")
+
+
+def sync_url(url: str):  # type: ignore[no-untyped-def]
+    """The same database through a synchronous driver (sqlite3 or psycopg), for tests that poke at it directly."""
+    backend = make_url(url).get_backend_name()
+    return make_url(url).set(drivername="sqlite+pysqlite" if backend == "sqlite" else "postgresql+psycopg")
+
+
+def run_sql(url: str, statement: str) -> None:
+    """Run one statement on the test's database, SQLite or PostgreSQL, committed."""
+    engine = create_engine(sync_url(url))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(statement))
+    finally:
+        engine.dispose()

@@ -46,7 +46,7 @@ class ServerProcess:
         self.proc: subprocess.Popen | None = None
         self.log_path = workdir / f"server-{self.port}-{time.monotonic_ns()}.log"
 
-    def start(self, *, wait: bool = True, timeout: float = 30) -> ServerProcess:
+    def start(self, *, wait: bool = True, timeout: float = 60) -> ServerProcess:
         command = [sys.executable, "-m", "agent_server", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                    *self.args]
         self._log = open(self.log_path, "wb")
@@ -56,7 +56,7 @@ class ServerProcess:
             self.wait_ready(timeout)
         return self
 
-    def wait_ready(self, timeout: float = 30) -> None:
+    def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:

@@ -201,7 +201,9 @@ def test_a_long_history_does_not_stall_other_clients_and_resumes_in_pages(start_
     finally:
         out, _ = watcher.communicate(timeout=30)
     samples, worst_ms = (float(v) for v in out.split())
-    assert samples > 10 and worst_ms < 150, f"/healthz took up to {worst_ms:.0f} ms ({samples:.0f} checks)"
+    # A stall of the loop (the whole history encoded at once) shows as one check of seconds; 300 ms leaves room for
+    # a busy CI machine that runs other tests beside this one.
+    assert samples > 10 and worst_ms < 300, f"/healthz took up to {worst_ms:.0f} ms ({samples:.0f} checks)"
 
 
 WATCH_HEALTH = """

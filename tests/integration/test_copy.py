@@ -14,14 +14,13 @@ from pathlib import Path
 import pytest
 from alembic import command
 from sqlalchemy import create_engine, delete, select, text, update
-from sqlalchemy.engine import make_url
 
 from agent_server import cli
 from agent_server.db import copy as copy_mod
 from agent_server.db.migrations import alembic_config, revision_of, upgrade_to_head
 from agent_server.db.models import Turn, UpstreamCall
 from agent_server.fake_upstream import Behaviour
-from tests.conftest import ALICE, BOB, app_client, auth, make_settings
+from tests.conftest import ALICE, BOB, app_client, auth, make_settings, sync_url
 from tests.servers import PG_PASSWORD
 
 TOOLS = '[tools.calculator]\npython = "agent_server.tools.examples:calculator"\n'
@@ -86,11 +85,6 @@ async def through_the_api(url: str, fake) -> dict:  # type: ignore[no-untyped-de
                 audits[conversation["id"]] = audit.json()
             seen[owner] = {"list": listing.json(), "audits": audits}
     return seen
-
-
-def sync_url(url: str):  # type: ignore[no-untyped-def]
-    backend = make_url(url).get_backend_name()
-    return make_url(url).set(drivername="sqlite+pysqlite" if backend == "sqlite" else "postgresql+psycopg")
 
 
 def every_row(url: str) -> dict[str, list[dict]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import httpx
@@ -11,7 +10,7 @@ from sqlalchemy.engine import make_url
 
 import agent_server
 from agent_server.app import AgentServerApp
-from tests.conftest import app_client, lifespan, make_settings
+from tests.conftest import app_client, lifespan, make_settings, run_sql
 
 
 async def get_without_auth(client: httpx.AsyncClient, path: str) -> httpx.Response:
@@ -45,8 +44,7 @@ async def test_readyz_when_migrated(client: httpx.AsyncClient) -> None:
 
 
 async def test_readyz_503_when_the_schema_leaves_head(client: httpx.AsyncClient, database_url: str) -> None:
-    with sqlite3.connect(database_file(database_url)) as conn:
-        conn.execute("DELETE FROM alembic_version")
+    run_sql(database_url, "DELETE FROM alembic_version")
     response = await get_without_auth(client, "/readyz")
     health = await get_without_auth(client, "/healthz")
     assert response.status_code == 503
@@ -68,8 +66,7 @@ async def test_app_refuses_to_start_on_an_unmigrated_database(tmp_path: Path, fa
 
 
 async def test_app_refuses_to_start_when_the_schema_is_behind(database_url: str, fake) -> None:
-    with sqlite3.connect(database_file(database_url)) as conn:
-        conn.execute("UPDATE alembic_version SET version_num = '0000'")
+    run_sql(database_url, "UPDATE alembic_version SET version_num = '0000'")
     with pytest.raises(RuntimeError) as caught:
         async with lifespan(AgentServerApp(make_settings(database_url, fake))):
             pass

@@ -16,6 +16,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import IntegrityError
 
 from agent_server.db.migrations import alembic_config, head_revision, upgrade_to_head
+from agent_server.db import open_database
 from agent_server.db.sqlite import SqliteDatabase
 from agent_server.db.models import Base
 
@@ -105,6 +106,7 @@ def test_alembic_cli_from_the_repository_root(tmp_path: Path) -> None:
     assert version(path) == [head_revision()]
 
 
+@pytest.mark.sqlite_only("reads SQLite's pragmas")
 async def test_app_connections_use_wal_and_enforce_foreign_keys(database_url: str) -> None:
     db = SqliteDatabase(database_url)
     try:
@@ -126,7 +128,7 @@ async def test_app_connections_use_wal_and_enforce_foreign_keys(database_url: st
 
 
 async def test_foreign_keys_are_enforced_on_writes(database_url: str) -> None:
-    db = SqliteDatabase(database_url)
+    db = open_database(database_url)
     try:
         async def orphan_turn(conn) -> None:
             await conn.exec_driver_sql(
