@@ -168,9 +168,11 @@ class ReplyService:
                     final = await self._final_event(reply)
                     if final is not None and final.seq > cursor:
                         yield final
-                    elif final is not None and final.terminal and cursor > reply.last_seq:
+                    elif final is not None and final.terminal and (
+                            cursor > reply.last_seq or (cursor == reply.last_seq and reply.status == "interrupted")):
                         # The follower saw events its dead process never stored (an interrupted reply): the end
-                        # is numbered after what it saw, so that its numbers keep going up.
+                        # is numbered after what it saw, so that its numbers keep going up. At the end's own
+                        # number the follower's event was one of those (a follower that got the end stops).
                         yield Numbered(cursor + 1, final.name, final.data, final.json)
                     return
                 process = self.supervisor.get(reply_id)

@@ -302,6 +302,9 @@ async def test_a_follower_of_a_reply_whose_process_died_gets_interrupted(client,
     # This follower had seen events 4 and 5 live, which the dead process never stored.
     [(seq, name, data)] = await replay(client, reply_id, last_event_id="5")
     assert (seq, name, data["error"]["type"]) == (6, "error", "interrupted")
+    # And one that had seen event 4 live, unstored: the stored 4 is the end it never saw.
+    [(seq, name, data)] = await replay(client, reply_id, last_event_id="4")
+    assert (seq, name, data["error"]["type"]) == (5, "error", "interrupted")
     everything = await replay(client, reply_id)
     assert [(seq, name) for seq, name, _ in everything] == [(1, "start"), (2, "token"), (3, "token"), (4, "error")]
     assert everything[-1][2]["error"]["type"] == "interrupted"
