@@ -201,9 +201,10 @@ def test_a_long_history_does_not_stall_other_clients_and_resumes_in_pages(start_
     finally:
         out, _ = watcher.communicate(timeout=30)
     samples, worst_ms = (float(v) for v in out.split())
-    # A stall of the loop (the whole history encoded at once) shows as one check of seconds; 300 ms leaves room for
-    # a busy CI machine that runs other tests beside this one.
-    assert samples > 10 and worst_ms < 300, f"/healthz took up to {worst_ms:.0f} ms ({samples:.0f} checks)"
+    # What this guards against, the whole history read and encoded on the loop at once, stalls every other client
+    # for the whole encoding; a second leaves room for a CI machine busy with other tests beside this one (420 ms
+    # seen there on PostgreSQL).
+    assert samples > 10 and worst_ms < 1000, f"/healthz took up to {worst_ms:.0f} ms ({samples:.0f} checks)"
 
 
 WATCH_HEALTH = """
