@@ -236,9 +236,13 @@ class SqliteDatabase(Database):
         return self._thread_loop.run_until_complete(self._run(self._thread_conn, transaction, kwargs))
 
     def _after_commit(self) -> None:
+        # Commits since the last look at the WAL. A look skipped because a checkpoint is still running is taken
+        # at the first commit after it ends, not CHECK_WAL_EVERY commits later: under big writes that gap alone
+        # would let the WAL grow megabytes past TRUNCATE_BYTES.
         self._commits += 1
-        if self._commits % CHECK_WAL_EVERY or self._checkpoint is not None or self.path is None:
+        if self._commits < CHECK_WAL_EVERY or self._checkpoint is not None or self.path is None:
             return
+        self._commits = 0
         try:
             size = os.stat(f"{self.path}-wal").st_size
         except OSError:

@@ -39,10 +39,15 @@ class Journal:
         self._pending: list[dict] = []  # rows not yet handed to the store
         self._flushed_to = first_seq - 1
         self._inflight: asyncio.Future | None = None
-        self._wake: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._waiters: set[asyncio.Future] = set()  # one per follower that has seen every event
         # Operations stored with each batch of this reply's events (the running call's usage so far).
         self.progress: Callable[[], list[Op]] = list
         self.closed = False
+
+    @property
+    def waiting(self) -> bool:
+        """Someone follows this reply live and has seen every event so far."""
+        return bool(self._waiters)
 
     @property
     def last_seq(self) -> int:
@@ -89,9 +94,10 @@ class Journal:
         self._notify()
 
     def _notify(self) -> None:
-        wake, self._wake = self._wake, asyncio.get_running_loop().create_future()
-        if not wake.done():
-            wake.set_result(None)
+        waiters, self._waiters = self._waiters, set()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     # -- the store's side ----------------------------------------------------------------------------------
 
@@ -132,8 +138,14 @@ class Journal:
                 continue
             if self.closed:
                 return
-            # Shielded: a follower that goes away (its client left) must not cancel the future the others share.
-            await asyncio.shield(self._wake)
+            # A future of its own (not one shared and shielded): woken in one turn of the loop, not two, and a
+            # follower that goes away (its client left) cancels nobody else's.
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.add(waiter)
+            try:
+                await waiter
+            finally:
+                self._waiters.discard(waiter)
 
 
 def _row(reply_id: str, event: Numbered, now: datetime | None = None) -> dict:
