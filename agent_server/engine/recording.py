@@ -2,8 +2,8 @@
 
 Every upstream call has its ``requests`` row before the call is made (``running``; the first one is written by the
 transaction that opens the reply), closed when it ends, however it ends, with the usage known. Each step's
-message is stored once it is complete, with the call's cost and the owner's daily spend; each step's tool
-results once they are all in. ``store_end`` writes the rest in one transaction and retries until it is stored
+message is stored once it is complete, with the call's cost and the owner's daily spend (the last step's by the
+end's transaction); each step's tool results once they are all in. ``store_end`` writes the rest in one transaction and retries until it is stored
 (the reply's lease is renewed meanwhile): a reply says ``done`` only once it is stored.
 """
 
@@ -62,6 +62,8 @@ class Recorder:
         self._continuing: tuple[PendingStep, dict[str, ToolResult]] | None = None
         self.context_changed = plan.context_changed
         self._cut_spend: list[tuple[str, str, int]] = []
+        self._with_end: list[Op] = []  # the last call's message and ledger row, stored with the end
+        self._with_end_spend: list[tuple[str, str, int]] = []
         self._open_calls: set[str] = set()
         self._call_days: dict[str, str] = {}
         self._progress: tuple | None = None  # what ``progress`` last stored
@@ -151,11 +153,19 @@ class Recorder:
         self.next_seq += 1
         return op, turn_id
 
-    async def call_done(self, step: int, call_id: str, stats: CallStats, blocks: list[dict]) -> Decimal | None:
+    async def call_done(self, step: int, call_id: str, stats: CallStats, blocks: list[dict], *,
+                        ends_reply: bool = False) -> Decimal | None:
+        """Store the step's message and close its call. The reply's last call (``ends_reply``: nothing runs after
+        it) is stored by the transaction that ends the reply, one write instead of two: nothing can come between
+        them but that transaction, which is retried until it is stored."""
         now = utcnow()
         turn_op, turn_id = self._turn("assistant", blocks, "complete", step, now)
         call_ops, spend, cost = self._close_call(call_id, stats, "ok", None, turn_id, now)
-        await self._store([turn_op, *call_ops], spend)
+        if ends_reply:
+            self._with_end.extend([turn_op, *call_ops])
+            self._with_end_spend.extend(spend)
+        else:
+            await self._store([turn_op, *call_ops], spend)
         self.last_turn_id = turn_id
         self._streaming = None
         return cost
@@ -295,6 +305,7 @@ class Recorder:
         if self.context_changed:
             conversation["context_from_seq"] = plan.context_from_seq
         ops = [
+            *self._with_end,
             *cut_ops,
             writes.insert_events(event_rows),
             writes.update_reply(plan.reply_id, status=status, finished_at=now, turn_id=self.last_turn_id,
@@ -304,7 +315,7 @@ class Recorder:
                                 context=b.encode(plan.context)),
             writes.update_conversation(plan.conversation_id, **conversation),
         ]
-        spend = self._cut_spend
+        spend = self._with_end_spend + self._cut_spend
         for attempt in range(10_000):
             try:
                 await self.ctx.db.write(_end, ops=ops, spend=spend, conversation_id=plan.conversation_id,

@@ -282,7 +282,8 @@ class ReplyProcess:
             else:
                 self._block_done(assembler.blocks[value])
         blocks = b.without_blank_text(assembler.blocks)  # stored as it can go back upstream
-        cost = await self.record.call_done(step, call_id, stats, blocks)
+        ends_reply = not b.tool_calls(blocks) and (stats.stop_reason != "pause_turn" or last)
+        cost = await self.record.call_done(step, call_id, stats, blocks, ends_reply=ends_reply)
         self.journal.emit(ev.Step(step, stats.stop_reason, usage_payload(stats.usage), _usd(cost)))
         return blocks, stats.stop_reason
 

@@ -21,7 +21,7 @@ from agent_server.db import StorageError
 from agent_server.engine import recording
 from agent_server.engine.reply import ReplyProcess
 from agent_server.service import opening
-from tests.conftest import auth, make_settings
+from tests.conftest import app_client, auth, make_settings
 
 ROUTES = ["/agent", "/agent/stream"]
 
@@ -168,23 +168,53 @@ async def test_a_final_write_that_fails_is_retried_and_done_comes_once_it_is_sto
     assert [c["status"] for c in audit["requests"]] == ["ok"]
 
 
+CLOCK_TOOL = '[tools.current_time]\npython = "agent_server.tools.examples:current_time"\n'
+
+
 async def test_a_storage_failure_mid_reply_is_a_503_storage_error_and_the_call_is_still_in_the_ledger(
-        client, fake, monkeypatch) -> None:
+        database_url, fake, tmp_path, monkeypatch) -> None:
+    """A step that asked for a tool stores its message before the tool runs: when that write fails, the reply ends
+    with a 503 ``storage_error``, and the call the upstream billed is in the ledger all the same."""
+    tools = tmp_path / "tools.toml"
+    tools.write_text(CLOCK_TOOL, encoding="utf-8")
     real = recording.Recorder._store
 
     async def full(self, ops, spend):  # type: ignore[no-untyped-def]
         raise StorageError("The database could not store this (database or disk is full).")
 
-    monkeypatch.setattr(recording.Recorder, "_store", full)
-    response = await client.post("/agent", json={"message": "hello"})
-    assert response.status_code == 503 and response.json()["error"]["type"] == "storage_error"
-    monkeypatch.setattr(recording.Recorder, "_store", real)
-    conversation_id = (await client.get("/conversations")).json()["conversations"][0]["id"]
+    async with app_client(make_settings(database_url, fake, AGENT_TOOLS_FILE=str(tools))) as client:
+        client.headers.update(auth())
+        monkeypatch.setattr(recording.Recorder, "_store", full)
+        fake.script({"tokens": ["Checking."], "tool_calls": [{"name": "current_time", "input": {}}]})
+        response = await client.post("/agent", json={"message": "what time is it?"})
+        assert response.status_code == 503 and response.json()["error"]["type"] == "storage_error"
+        monkeypatch.setattr(recording.Recorder, "_store", real)
+        conversation_id = (await client.get("/conversations")).json()["conversations"][0]["id"]
+        audit = await assert_all_free(client, conversation_id)
+        (call,) = audit["requests"]
+        # The upstream billed the tokens: the ledger has them, although the step's message could not be stored.
+        assert call["error_type"] == "storage_error" and call["output_tokens"] > 0
+        await next_reply_works(client, "/agent", conversation_id)
+        assert fake.violations() == []
+
+
+async def test_the_last_call_of_a_reply_is_stored_by_the_transaction_that_ends_it(client, fake, monkeypatch) -> None:
+    """A one-step reply writes twice (the opening, the end), not three times: its message and its closed call go
+    with the end, which is retried until stored, so nothing between them can lose either."""
+    stores: list[int] = []
+    real = recording.Recorder._store
+
+    async def counted(self, ops, spend):  # type: ignore[no-untyped-def]
+        stores.append(len(ops))
+        return await real(self, ops, spend)
+
+    monkeypatch.setattr(recording.Recorder, "_store", counted)
+    status, error, conversation_id = await ask(client, "/agent", "hello")
+    assert (status, error) == (200, None) and stores == []
     audit = await assert_all_free(client, conversation_id)
+    assert [t["status"] for t in audit["turns"]] == ["complete", "complete"]
     (call,) = audit["requests"]
-    # The upstream billed the tokens: the ledger has them, although the step's message could not be stored.
-    assert call["error_type"] == "storage_error" and call["output_tokens"] > 0
-    await next_reply_works(client, "/agent", conversation_id)
+    assert call["status"] == "ok" and call["turn_id"] == audit["turns"][1]["id"] and call["output_tokens"] > 0
 
 
 def test_the_websocket_route_after_each_kind_of_failure(database_url, fake, monkeypatch) -> None:

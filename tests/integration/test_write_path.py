@@ -119,11 +119,14 @@ async def test_a_failed_write_rolls_back_and_the_next_one_works(db) -> None:
 
 
 async def test_the_wal_stays_bounded_however_much_is_written(db) -> None:
-    """Checkpoints by size and ``journal_size_limit``: 40 MB written leaves a WAL of a few megabytes."""
+    """Checkpoints by size and ``journal_size_limit``: while 40 MB are written, the WAL never passes a few megabytes."""
     payload = "x" * 100_000
+    wal = Path(f"{db.path}-wal")
+    largest = 0
     for n in range(400):
         await db.write(insert, n=n, payload=payload)
         await asyncio.sleep(0)  # let a checkpoint (on its thread) finish now and then, as a server would
-    wal = Path(f"{db.path}-wal")
-    assert wal.exists()
-    assert os.stat(wal).st_size < 24 * 1024 * 1024, os.stat(wal).st_size
+        largest = max(largest, os.stat(wal).st_size)
+    # Checkpoints take turns with the writes: the WAL grows at most one look at its size (CHECK_WAL_EVERY commits
+    # of 100 kB) past CHECKPOINT_BYTES (4 MiB), however fast the writes come.
+    assert largest < 12 * 1024 * 1024, largest
