@@ -3,8 +3,9 @@
 Every upstream call has its ``requests`` row before the call is made (``running``; the first one is written by the
 transaction that opens the reply), closed when it ends, however it ends, with the usage known. Each step's
 message is stored once it is complete, with the call's cost and the owner's daily spend (the last step's by the
-end's transaction); each step's tool results once they are all in. ``store_end`` writes the rest in one transaction and retries until it is stored
-(the reply's lease is renewed meanwhile): a reply says ``done`` only once it is stored.
+end's transaction); each step's tool results once they are all in. ``store_end`` writes the rest in one
+transaction and retries until it is stored (the reply's lease is renewed meanwhile): a reply says ``done`` only
+once it is stored.
 """
 
 from __future__ import annotations
