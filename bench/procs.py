@@ -181,6 +181,7 @@ def server_env(*, fake_url: str, database_url: str, secret: str, upstream_key: s
         ANTHROPIC_BASE_URL=fake_url,
         AGENT_RATE_LIMIT="1000000/minute",
         AGENT_MAX_CONCURRENT_REPLIES="100000",
+        AGENT_MAX_WS_SESSIONS_PER_KEY="100000",  # the ws section opens 1,000 sessions on the one key
         AGENT_LOG_LEVEL="warning",
         AGENT_SHUTDOWN_GRACE_SECONDS="2",
         **extra,
