@@ -89,6 +89,7 @@ class ReplyProcess:
         self._estimate = 0
         self._window: int | None = None  # the upstream's window, once it said "prompt is too long"
         self._squeeze = 1.0
+        self._announced = False  # ``start`` emitted
 
     # -- lifetime ------------------------------------------------------------------------------------------
 
@@ -188,9 +189,9 @@ class ReplyProcess:
             known = _known_results(plan.continues)
             self.record.continuing(plan.continues, known)
         await self._prepare()
-        self.journal.emit(ev.Start(plan.reply_id, plan.conversation_id, plan.model, plan.context))
         previous_end: int | None = None
         if plan.continues is not None:
+            self._announce()  # the paused step's tool events come first
             self._own.extend(await self._continue_paused(known))
         squeezed = False
         step = 0
@@ -235,6 +236,19 @@ class ReplyProcess:
             return _Ending("complete")
         return _Ending("complete")
 
+    def _announce(self) -> None:
+        """``start``, once, before any other event: when the upstream has accepted the reply's first call (its
+        write then overlaps the model's time to first token instead of delaying the request), or before whatever
+        comes first — a paused step's tool events, or the end of a reply whose call never got that far."""
+        if self._announced:
+            return
+        self._announced = True
+        plan = self.plan
+        self.journal.emit(ev.Start(plan.reply_id, plan.conversation_id, plan.model, plan.context))
+
+    async def _accepted(self) -> None:
+        self._announce()
+
     def _tool_calls(self, calls: list[dict]) -> list[ToolCall]:
         offered = self.plan.tool_names
         out = []
@@ -267,7 +281,7 @@ class ReplyProcess:
         stats, assembler = CallStats(), MessageAssembler()
         self.record.streaming(step, call_id, stats, assembler)
         first_delta = True
-        async for kind, value in ctx.claude.stream(request, stats, assembler):
+        async for kind, value in ctx.claude.stream(request, stats, assembler, on_open=self._accepted):
             if kind in ("text", "thinking"):
                 if kind == "text":
                     self.record.text.append(value)
@@ -357,6 +371,7 @@ class ReplyProcess:
             "usage": usage_payload(totals), "estimated_cost_usd": _usd(record.cost),
             "context": plan.context,
         }
+        self._announce()
         if ending.status == "requires_action":
             payload["pending"] = record.pending_payload
             self.journal.emit(ev.RequiresAction(record.pending_payload))
