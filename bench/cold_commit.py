@@ -40,8 +40,9 @@ async def _steps(db, conversation_id: str | None, holder) -> dict[str, float]:  
     marks = [("start", time.perf_counter())]
     outer = conn.begin()  # BEGIN IMMEDIATE (the engine's "begin" listener)
     marks.append(("BEGIN IMMEDIATE", time.perf_counter()))
-    opened = await open_reply(_LoopConnection(conn), owner="bench", conversation_id=conversation_id, system=None,
-                              model=None, default_model="claude-sonnet-5-5", prompt_blocks=prompt, answers=[],
+    writer = _LoopConnection(conn, db._direct)
+    opened = await open_reply(writer, owner="bench", conversation_id=conversation_id, system=None, model=None,
+                              default_model="claude-sonnet-5-5", prompt_blocks=prompt, answers=[],
                               reply_id=new_id("reply"), call_id=new_id("call"), token=token, holder=holder,
                               route="stream", now=utcnow())
     marks.append(("reads, inserts, their Python", time.perf_counter()))
@@ -56,7 +57,7 @@ async def _steps(db, conversation_id: str | None, holder) -> dict[str, float]:  
                                 before_seq=opened.before_seq)
         steps["history read (after)"] = time.perf_counter() - started
         outer = conn.begin()
-        await lease.release(_LoopConnection(conn), conversation_id=opened.conversation_id, token=token, now=utcnow())
+        await lease.release(writer, conversation_id=opened.conversation_id, token=token, now=utcnow())
         outer.commit()
     return steps
 

@@ -32,6 +32,9 @@ from .. import errors
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# The execution option that marks a plain write of ``db.writes`` (one table, no RETURNING, every value given): a
+# side may run those its own, cheaper way (the SQLite side does: ``sqlite_direct``).
+PLAIN = "agent_server_plain"
 Transaction = Callable[..., Awaitable[T]]
 
 

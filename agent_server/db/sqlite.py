@@ -42,6 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import NullPool, StaticPool
 
 from .base import Database, StorageError, Transaction
+from .sqlite_direct import DirectWrites
 
 BUSY_TIMEOUT_MS = 5000
 CHECKPOINT_BYTES = 4 * 1024 * 1024
@@ -126,15 +127,21 @@ def _writer_engine(database_url: str, *, on_loop: bool) -> Engine:
 
 
 class _LoopConnection:
-    """``AsyncConnection.execute`` over a synchronous connection: awaiting it never suspends."""
+    """``AsyncConnection.execute`` over a synchronous connection: awaiting it never suspends. The plain writes of
+    ``db.writes`` go straight to the driver (``sqlite_direct``)."""
 
-    __slots__ = ("_conn", "dialect")
+    __slots__ = ("_conn", "_direct", "dialect")
 
-    def __init__(self, conn) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, conn, direct: DirectWrites) -> None:  # type: ignore[no-untyped-def]
         self._conn = conn
+        self._direct = direct
         self.dialect = conn.dialect
 
     async def execute(self, statement, parameters=None):  # type: ignore[no-untyped-def]
+        if self._direct.accepts(statement, parameters):
+            result = self._direct.execute(self._conn.connection.driver_connection, statement, parameters)
+            if result is not None:
+                return result
         return self._conn.execute(statement, parameters)
 
     async def exec_driver_sql(self, statement, parameters=None):  # type: ignore[no-untyped-def]
@@ -168,6 +175,7 @@ class SqliteDatabase(Database):
             self._thread_conn = self._thread_engine.connect()
         except OperationalError as exc:
             raise StorageError(f"cannot open the database ({exc.orig})") from None
+        self._direct = DirectWrites(self._loop_engine.dialect)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
         self._thread_loop = asyncio.new_event_loop()
         self._order = asyncio.Lock()
@@ -219,7 +227,7 @@ class SqliteDatabase(Database):
                 raise _Busy from exc
             raise
         try:
-            result = await transaction(_LoopConnection(conn), **kwargs)
+            result = await transaction(_LoopConnection(conn, self._direct), **kwargs)
             outer.commit()
         except BaseException:
             # Also after a COMMIT that failed (a full disk): until rolled back, the connection keeps the dead

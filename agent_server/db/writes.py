@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import bindparam, insert, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from .base import PLAIN
 from .models import Conversation, DailySpend, Lease, Notification, Reply, ReplyEvent, ToolRun, Turn, UpstreamCall
 
 Op = tuple[Any, Any]  # (statement, parameters: a dict, or a list of dicts for executemany)
@@ -27,8 +28,8 @@ SPEND = DailySpend.__table__
 NOTIFICATIONS = Notification.__table__
 LEASES = Lease.__table__
 
-_INSERT = {table.name: insert(table) for table in (TURNS, CALLS, REPLIES, TOOL_RUNS, EVENTS, CONVERSATIONS,
-                                                     NOTIFICATIONS)}
+_INSERT = {table.name: insert(table).execution_options(**{PLAIN: True})
+           for table in (TURNS, CALLS, REPLIES, TOOL_RUNS, EVENTS, CONVERSATIONS, NOTIFICATIONS)}
 _DEFAULTS = {
     table.name: {column.key: column.default.arg if column.default is not None and not callable(column.default.arg)
                  else None for column in table.columns}
@@ -85,7 +86,7 @@ def _update_statement(table, key: str, names: tuple[str, ...]):  # type: ignore[
     """One UPDATE per set of columns, built once: building it (and its cache key) on every call showed in the
     throughput profile."""
     return update(table).where(table.c[key] == bindparam("b_key")).values(
-        {name: bindparam(f"b_{name}") for name in names})
+        {name: bindparam(f"b_{name}") for name in names}).execution_options(**{PLAIN: True})
 
 
 def _update_by_id(table, key: str, key_value: str, values: dict[str, Any]) -> Op:

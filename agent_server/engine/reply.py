@@ -94,6 +94,8 @@ class ReplyProcess:
     # -- lifetime ------------------------------------------------------------------------------------------
 
     def start(self) -> None:
+        # The work first: it runs at the loop's next turn, not one turn after its supervisor's.
+        self._work = asyncio.create_task(self._run(), name=f"reply-work-{self.reply_id}")
         self._task = asyncio.create_task(self._supervise(), name=f"reply-{self.reply_id}")
 
     def cancel(self, reason: str = "cancelled") -> bool:
@@ -113,7 +115,7 @@ class ReplyProcess:
             await asyncio.shield(self._task)
 
     async def _supervise(self) -> None:
-        self._work = asyncio.create_task(self._run(), name=f"reply-work-{self.reply_id}")
+        assert self._work is not None
         ending: _Ending
         try:
             ending = await self._work

@@ -3,6 +3,7 @@ process, read its status, cancel it wherever it runs. Knows nothing of HTTP."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -93,7 +94,10 @@ class ReplyService:
             raise
         plan = self._plan(owner, request, route, reply_id, opened, prompt, token=token,
                           first_call_id=call_id if opened.prompt_turn_id is not None else None)
-        return self.supervisor.launch(plan)
+        process = self.supervisor.launch(plan)
+        # Let it run to its first wait (the upstream request on its way) before the caller builds its response.
+        await asyncio.sleep(0)
+        return process
 
     def _plan(self, owner: str, request: ReplyRequest, route: str, reply_id: str, opened: Opened, prompt: str | None,
               *, token: str, first_call_id: str | None) -> ReplyPlan:

@@ -36,6 +36,17 @@ def capture_statements(runtime) -> list[tuple[str, object]]:
 
     for engine in (runtime.db.reader.sync_engine, runtime.db._loop_engine, runtime.db._thread_engine):
         event.listen(engine, "before_cursor_execute", on_execute)
+    direct = runtime.db._direct  # the plain writes that go straight to the driver (db/sqlite_direct.py)
+    run_direct = direct.execute
+
+    def on_direct(driver, statement, parameters):  # type: ignore[no-untyped-def]
+        rows = parameters if isinstance(parameters, list) else [parameters]
+        compiled = direct._compile(statement, tuple(rows[0]))
+        if compiled is not None:
+            seen.append((compiled.sql, compiled.bind(rows[0])))
+        return run_direct(driver, statement, parameters)
+
+    direct.execute = on_direct
     return seen
 
 
